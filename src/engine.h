@@ -61,6 +61,8 @@ typedef struct eng eng;
 /* Backend interface; callers use the eng_* wrappers below. */
 struct eng_vtable {
     int (*seq_add)(eng *e, const sample_params *sp, int *seq, errbuf *err);
+    int (*seq_fork)(eng *e, int src, int n_prefix, const sample_params *sp, int *seq,
+                    errbuf *err);
     void (*seq_release)(eng *e, int seq);
     int (*step)(eng *e, const eng_item *items, int n_items, float *logits, int32_t *sampled,
                 errbuf *err);
@@ -84,6 +86,16 @@ void eng_close(eng *e);
  * when max_seqs are alive. */
 int eng_seq_add(eng *e, const sample_params *sp, int *seq, errbuf *err);
 
+/*
+ * Starts a sequence whose first n_prefix positions are those of sequence src
+ * (which must hold at least n_prefix tokens): a shared prompt prefix (system
+ * prompt, instructions before the document) is computed once and reused. The
+ * backend shares the KV pages (CUDA) or copies the rows (CPU); src may be
+ * released afterwards without affecting the fork. The fork continues at
+ * position n_prefix.
+ */
+int eng_seq_fork(eng *e, int src, int n_prefix, const sample_params *sp, int *seq, errbuf *err);
+
 /* Frees the sequence's KV pages and slot. */
 void eng_seq_release(eng *e, int seq);
 
@@ -103,5 +115,8 @@ int64_t eng_kv_free_tokens(const eng *e);
 
 /* Backend constructors (eng_open dispatches). */
 int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *err);
+#ifdef HAVE_CUDA
+/* In cuda/cuda_engine.h: cuda_engine_open(), cuda_engine_available(). */
+#endif
 
 #endif
