@@ -535,8 +535,6 @@ static int parse_input(yctx *y, job *j, yaml_node_t *n, int index, job_input *in
 {
     char what[64];
     snprintf(what, sizeof what, "inputs[%d]", index);
-    in->line = (int)n->start_mark.line + 1;
-    in->column = (int)n->start_mark.column + 1;
     in->text_field = xstrdup("text");
     in->max_doc_bytes = JOB_DEFAULT_MAX_DOC_BYTES;
     yaml_node_t *path_node = n, *include = NULL;
@@ -580,6 +578,8 @@ static int parse_input(yctx *y, job *j, yaml_node_t *n, int index, job_input *in
         return yerr(y, path_node, "%s: expected a path", key);
     if (get_str(y, path_node, key, &in->spec))
         return -1;
+    in->line = (int)path_node->start_mark.line + 1;
+    in->column = (int)path_node->start_mark.column + 1;
     in->path = resolve_path(j->dir, in->spec);
     in->is_glob = strpbrk(in->spec, "*?[") != NULL;
     if (in->is_glob && in->format == JOB_FORMAT_FOLDER)

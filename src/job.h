@@ -96,7 +96,7 @@ typedef struct job_input {
     char **include;   /* fnmatch patterns for folder files and archive entries */
     int n_include;
     size_t max_doc_bytes;
-    int line, column; /* where the input is declared (1-based), for messages */
+    int line, column; /* where its path is in the job file (1-based), for messages */
 } job_input;
 
 /* Everything about sampling one document. */
