@@ -164,13 +164,11 @@ static long reader_fill(reader *r)
         r->end = got;
         return (long)got;
     }
-    for (;;) {
+    for (int retries = 0;; retries++) {
         la_ssize_t got = archive_read_data(r->a, r->buf, READ_CHUNK);
-        if (got == ARCHIVE_RETRY)
+        if (got == ARCHIVE_RETRY && retries < 3)
             continue;
-        if (got == ARCHIVE_WARN)
-            continue; /* the data is still usable */
-        if (got < 0) {
+        if (got < 0) { /* ARCHIVE_WARN here means damaged data (a bad CRC) */
             r->eof = 1;
             r->fatal = got == ARCHIVE_FATAL;
             snprintf(r->error, sizeof r->error, "%s",

@@ -588,7 +588,7 @@ static int parse_input(yctx *y, job *j, yaml_node_t *n, int index, job_input *in
     if (include) {
         snprintf(key, sizeof key, "%s.include", what);
         if (include->type == YAML_SCALAR_NODE) {
-            in->include = malloc(sizeof *in->include);
+            in->include = calloc(1, sizeof *in->include);
             in->n_include = 0;
             if (get_str(y, include, key, &in->include[0]))
                 return -1;
@@ -1045,7 +1045,7 @@ static int hash_weights_sample(sha256_ctx *c, const char *path, const char *name
     lens[n_reads++] = size < HEAD ? (size_t)size : HEAD;
     if (size > HEAD)
         for (int i = 0; i < N_WINDOWS; i++) {
-            offsets[n_reads] = (size - WINDOW) / (N_WINDOWS - 1) * i;
+            offsets[n_reads] = (size - WINDOW) * i / (N_WINDOWS - 1); /* last ends at EOF */
             lens[n_reads++] = WINDOW;
         }
     for (int r = 0; r < n_reads && !rc; r++) {
