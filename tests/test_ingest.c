@@ -857,6 +857,52 @@ static void test_config_errors(void)
     }
 }
 
+/* The job files shipped in jobs/ and examples/ load, and the demo job's
+ * inputs all come through as good documents. */
+static void test_shipped(void)
+{
+    const char *top = getenv("top_srcdir");
+    if (!top) {
+        fprintf(stderr, "top_srcdir not set: shipped jobs not checked\n");
+        return;
+    }
+    char path[1024];
+    job j;
+    errbuf err;
+    snprintf(path, sizeof path, "%s/jobs/summarize.yaml", top);
+    CHECK_MSG(job_load(&j, path, &err) == 0, "%s", err.msg);
+    CHECK(j.mode == JOB_NON_THINKING && j.backend == ENG_BACKEND_CUDA);
+    CHECK(j.gpu_memory == (size_t)22 << 30 && j.kv_cache == ENG_KV_INT8 && j.n_inputs == 3);
+    CHECK(j.sampling.temperature == 0.7 && j.sampling.top_p == 0.8 && j.max_run_time == 21600);
+    job_free(&j);
+    snprintf(path, sizeof path, "%s/jobs/translate.yaml", top);
+    CHECK_MSG(job_load(&j, path, &err) == 0, "%s", err.msg);
+    CHECK(j.mode == JOB_THINKING && j.thinking_budget == 1024 && j.too_long == JOB_TOO_LONG_FAIL);
+    CHECK(j.sampling.temperature == 0.6 && j.sampling.top_p == 0.95 && j.backend == ENG_BACKEND_CUDA);
+    job_free(&j);
+
+    snprintf(path, sizeof path, "%s/examples/demo.yaml", top);
+    CHECK_MSG(job_load(&j, path, &err) == 0, "%s", err.msg);
+    recs rs = {.j = &j};
+    CHECK_MSG(ingest_run(&j, collect, &rs, &err) == 0, "%s", err.msg);
+    const char *want[] = {"docs/history/printing-press.md", "docs/meeting-notes.txt",
+                          "docs/sourdough.md", "docs/tides.txt", "docs.jsonl:1",
+                          "docs.jsonl:2", "docs.jsonl:3", "docs.jsonl:4"};
+    CHECK_INT_EQ(rs.n, 8);
+    for (int i = 0; i < rs.n && i < 8; i++) {
+        CHECK_STR_EQ(rs.r[i].source, want[i]);
+        CHECK_MSG(!rs.r[i].error, "%s", rs.r[i].error);
+        const char *prefix = "[{\"role\":\"system\",\"content\":\"You are a concise "
+                             "assistant.\"},{\"role\":\"user\",\"content\":\"Summarize in one "
+                             "sentence:\\n\\n";
+        CHECK_MSG(rs.r[i].rendered && !strncmp(rs.r[i].rendered, prefix, strlen(prefix)), "%s",
+                  rs.r[i].rendered);
+    }
+    CHECK(rs.n == 8 && !strcmp(rs.r[4].id, "faq-001"));
+    recs_free(&rs);
+    job_free(&j);
+}
+
 int main(void)
 {
     snprintf(tmp, sizeof tmp, "/tmp/test_ingest.XXXXXX");
@@ -870,6 +916,7 @@ int main(void)
     test_archives();
     test_folders();
     test_config_errors();
+    test_shipped();
     int rc = check_exit("test_ingest");
     if (!rc) {
         char cmd[128];
