@@ -1041,3 +1041,39 @@ void ingest_doc_settings(const job *j, const ingest_doc *doc, job_sampling *s,
     if (ov->set & INGEST_SET_MODE)
         *mode = ov->mode;
 }
+
+int ingest_doc_key(const job *j, const char *config_hash, const ingest_doc *doc,
+                   char key[SHA256_HEX_SIZE], json_t **messages, errbuf *err)
+{
+    if (messages)
+        *messages = NULL;
+    json_t *msgs = NULL;
+    strbuf sb = STRBUF_INIT;
+    sb_addf(&sb, "qwen3-batch document key v1\nconfig=%s\n", config_hash);
+    if (ingest_doc_messages(j, doc, &msgs, err)) {
+        sb_addf(&sb, "failed\nsource=%zu:%s\n", strlen(doc->source), doc->source);
+        sha256_hex(sb.buf, sb.len, key);
+        sb_release(&sb);
+        return 1;
+    }
+    job_sampling s;
+    enum job_mode mode;
+    ingest_doc_settings(j, doc, &s, &mode);
+    sb_addf(&sb, "id=%zu:%s\nmode=%s\n", strlen(doc->id), doc->id, job_mode_name(mode));
+    sb_addf(&sb, "temperature=%.17g\ntop_p=%.17g\ntop_k=%d\nmin_p=%.17g\n", s.temperature,
+            s.top_p, s.top_k, s.min_p);
+    sb_addf(&sb, "presence_penalty=%.17g\nseed=%llu\nmax_new_tokens=%d\nmessages=",
+            s.presence_penalty, (unsigned long long)s.seed, s.max_new_tokens);
+    char *json = json_dumps(msgs, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!json)
+        abort(); /* only on allocation failure */
+    sb_adds(&sb, json);
+    free(json);
+    sha256_hex(sb.buf, sb.len, key);
+    sb_release(&sb);
+    if (messages)
+        *messages = msgs;
+    else
+        json_decref(msgs);
+    return 0;
+}

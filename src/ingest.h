@@ -128,6 +128,24 @@ int ingest_doc_messages(const job *j, const ingest_doc *doc, json_t **messages, 
 void ingest_doc_settings(const job *j, const ingest_doc *doc, job_sampling *sampling,
                          enum job_mode *mode);
 
+/*
+ * The document's ledger key: SHA-256 hex over the job's configuration hash
+ * (job_config_hash), the document id, its effective mode and sampling
+ * (overrides applied) and its final chat messages (compact JSON, keys
+ * sorted). Equal keys mean equal outputs, so a rerun skips them; a changed
+ * prompt, setting, model or text gives a new key. Documents with the same
+ * id and content collapse into one key.
+ *
+ * Returns 0 for a good document; then *messages (when messages is not NULL)
+ * receives the rendered messages, owned by the caller. Returns 1 for a
+ * failed document (doc->error, or a template field it lacks, as in
+ * ingest_doc_messages), with the reason in err and a key over the
+ * configuration hash and the source only, so that the same failure is
+ * recorded once however often it is seen.
+ */
+int ingest_doc_key(const job *j, const char *config_hash, const ingest_doc *doc,
+                   char key[SHA256_HEX_SIZE], json_t **messages, errbuf *err);
+
 /* Byte offset of the first invalid UTF-8 sequence in s[0..n), or n when it is
  * all valid (no overlongs, surrogates or code points above U+10FFFF). */
 size_t ingest_utf8_check(const char *s, size_t n);

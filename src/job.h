@@ -30,12 +30,14 @@
  *     top_k: 20                        0..1000000 (0 = off)
  *     min_p: 0                         0..1
  *     presence_penalty: 0              0..2
- *     seed: 0                          0..2^63-1; each document's draws are
- *                                      seeded from it and the document id
+ *     seed: 0                          0..2^63-1; same seed, same document,
+ *                                      same output
  *     max_new_tokens: 1024             1..1048576; thinking 4096
  *   batching:
- *     max_batch_tokens: 131072         prompt tokens per prefill batch
+ *     max_batch_tokens: 131072         prompt tokens per prefill batch (16..2^24)
  *     max_context: 32768               prompt + output tokens per document
+ *                                      (64..2^20; the runner also caps it at the
+ *                                      model's max_position_embeddings)
  *     too_long: truncate               truncate|skip|fail the longer prompts
  *     max_seqs: 0                      sequences decoded at once (0 = auto)
  *   output:

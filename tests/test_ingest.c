@@ -145,13 +145,16 @@ typedef struct rec {
     job_sampling sampling;
     enum job_mode mode;
     char *rendered; /* ingest_doc_messages as JSON, or its error */
+    char key[SHA256_HEX_SIZE];
+    int key_rc;
 } rec;
 
 typedef struct recs {
     rec *r;
     int n;
     const job *j;
-    int stop_after; /* 0: never */
+    int stop_after;          /* 0: never */
+    const char *config_hash; /* for ingest_doc_key; NULL: "cfg" */
 } recs;
 
 static char *dup_or_null(const char *s)
@@ -189,6 +192,17 @@ static int collect(const ingest_doc *d, void *ctx)
         } else {
             r->rendered = strdup(err.msg);
         }
+    }
+    json_t *m = NULL;
+    errbuf err;
+    r->key_rc = ingest_doc_key(rs->j, rs->config_hash ? rs->config_hash : "cfg", d, r->key, &m,
+                               &err);
+    CHECK_INT_EQ(r->key_rc, d->error || !r->rendered || r->rendered[0] != '[' ? 1 : 0);
+    if (m) {
+        char *json = json_dumps(m, JSON_COMPACT);
+        CHECK_STR_EQ(json, r->rendered);
+        free(json);
+        json_decref(m);
     }
     return rs->stop_after && rs->n == rs->stop_after ? 7 : 0;
 }
@@ -366,6 +380,7 @@ static void test_jsonl(void)
         /* The template names a field this line lacks: a per-document error. */
         CHECK_STR_EQ(r->rendered, "docs.jsonl:3: the prompt template uses {{lang}} but the "
                                   "document has no field 'lang'");
+        CHECK_INT_EQ(r->key_rc, 1);
     }
     CHECK_FAILED(&rs, "docs.jsonl:4", "docs.jsonl:4: malformed JSON at column 4: string or '}' expected near 'not'");
     CHECK_FAILED(&rs, "docs.jsonl:5", "docs.jsonl:5: no field 'text'");
@@ -423,7 +438,16 @@ static void test_openai_batch(void)
               "{\"custom_id\":\"r10\",\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\" \"}]}}\n"
               "{\"custom_id\":\"r11\",\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
               "\"temperature\":3}}\n"
-              "{\"custom_id\":\"\",\"body\":{}}\n");
+              "{\"custom_id\":\"\",\"body\":{}}\n"
+              "{\"custom_id\":\"r1\",\"body\":{\"messages\":[{\"role\":\"system\",\"content\":"
+              "\"Be short.\"},{\"content\":\"Hi\",\"role\":\"user\"}],\"seed\":5,\"max_tokens\":100,"
+              "\"temperature\":0.2}}\n"
+              "{\"custom_id\":\"r1\",\"body\":{\"messages\":[{\"role\":\"system\",\"content\":"
+              "\"Be short.\"},{\"content\":\"Hi\",\"role\":\"user\"}],\"seed\":5,\"max_tokens\":100,"
+              "\"temperature\":0.3}}\n"
+              "{\"custom_id\":\"r1b\",\"body\":{\"messages\":[{\"role\":\"system\",\"content\":"
+              "\"Be short.\"},{\"content\":\"Hi\",\"role\":\"user\"}],\"seed\":5,\"max_tokens\":100,"
+              "\"temperature\":0.2}}\n");
     job j;
     recs rs;
     errbuf err;
@@ -433,7 +457,18 @@ static void test_openai_batch(void)
                      "sampling: {top_p: 0.7, max_new_tokens: 300}\n",
                      &j, &rs, &err);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err.msg);
-    CHECK_INT_EQ(rs.n, 12);
+    CHECK_INT_EQ(rs.n, 15);
+    /* Keys: the same request written differently is the same key; another
+     * temperature or id is not; failed lines have keys too. */
+    if (rs.n == 15) {
+        CHECK(rs.r[0].key_rc == 0 && rs.r[12].key_rc == 0 && rs.r[13].key_rc == 0);
+        CHECK_STR_EQ(rs.r[12].key, rs.r[0].key);
+        CHECK(strcmp(rs.r[13].key, rs.r[0].key) != 0);
+        CHECK(strcmp(rs.r[14].key, rs.r[0].key) != 0);
+        CHECK(strcmp(rs.r[1].key, rs.r[0].key) != 0);
+        CHECK(rs.r[2].key_rc == 1 && strlen(rs.r[2].key) == 64);
+        CHECK(strcmp(rs.r[2].key, rs.r[3].key) != 0);
+    }
     const rec *r = find(&rs, "batch.jsonl:1");
     CHECK(r && !r->error && r->kind == INGEST_OPENAI_BATCH && !strcmp(r->id, "r1") && !r->text);
     if (r && !r->error) {
@@ -485,7 +520,7 @@ static void test_openai_batch(void)
                  "model: m\ninputs: [{path: batch.jsonl, format: jsonl}]\n"
                  "prompt: {user: '{{text}}'}\n",
                  &j, &rs, &err);
-    CHECK(rc == 0 && rs.n == 12);
+    CHECK(rc == 0 && rs.n == 15);
     CHECK_FAILED(&rs, "batch.jsonl:1", "batch.jsonl:1: no field 'text'");
     recs_free(&rs);
     job_free(&j);
@@ -772,9 +807,21 @@ static void test_folders(void)
     int identical = again.n == rs.n;
     for (int i = 0; identical && i < rs.n; i++)
         identical = !strcmp(rs.r[i].source, again.r[i].source) &&
-                    !strcmp(rs.r[i].id, again.r[i].id) &&
+                    !strcmp(rs.r[i].id, again.r[i].id) && !strcmp(rs.r[i].key, again.r[i].key) &&
                     !rs.r[i].error == !again.r[i].error;
     CHECK(identical);
+    recs_free(&again);
+    /* Another configuration hash: every key changes. */
+    memset(&again, 0, sizeof again);
+    again.j = &j2;
+    again.config_hash = "other";
+    CHECK(job_load(&j2, at("f/job.yaml"), &err) == 0);
+    CHECK(ingest_run(&j2, collect, &again, &err) == 0);
+    int all_differ = again.n == rs.n;
+    for (int i = 0; all_differ && i < rs.n; i++)
+        all_differ = strcmp(rs.r[i].key, again.r[i].key) != 0;
+    CHECK(all_differ);
+    job_free(&j2);
     recs_free(&again);
     job_free(&j2);
     recs_free(&rs);
