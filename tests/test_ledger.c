@@ -471,10 +471,15 @@ static void test_lock(void)
     CHECK_INT_EQ(ledger_lock(l2, &err), LEDGER_LOCKED);
     snprintf(want, sizeof want, "pid %d)", (int)pid);
     CHECK_MSG(strstr(err.msg, want) != NULL, "'%s' lacks '%s'", err.msg, want);
+    char holder[300];
+    CHECK_INT_EQ(ledger_lock_holder(path, holder, sizeof holder), 1);
+    CHECK_MSG(strstr(want, "pid ") && !strncmp(strstr(holder, "pid "), want, strlen(want) - 1) != NULL, "'%s' lacks '%s'", holder, want);
     kill(pid, SIGKILL);
     int status;
     waitpid(pid, &status, 0);
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    CHECK_INT_EQ(ledger_lock_holder(path, holder, sizeof holder), 0);
+    CHECK_INT_EQ(ledger_lock_holder(tmp_path("never-locked.sqlite"), holder, sizeof holder), 0);
     CHECK_MSG(ledger_lock(l2, &err) == 0, "%s", err.msg);
     ledger_close(l2);
     close(ready[0]);
