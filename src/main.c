@@ -16,6 +16,9 @@ static int cmd_help(int argc, char **argv);
 
 static const struct cli_command commands[] = {
     /* CLI_COMMANDS: one line per command, in data-flow order. */
+    {"status", cmd_status, "where a job stands: documents, tokens, last run, ETA"},
+    {"export", cmd_export, "finished documents from the ledger as JSONL or OpenAI batch output"},
+    {"retry-failed", cmd_retry_failed, "queue a job's failed documents again"},
     {"help", cmd_help, "this list"},
 };
 
