@@ -25,39 +25,46 @@
 
 static int usage(FILE *f, int code)
 {
-    fprintf(f,
-            "usage: qwen3-batch export JOB.yaml [--format jsonl|openai-batch] [-o FILE]\n"
-            "                          [--reasoning | --no-reasoning]\n\n"
-            "Writes every finished document of the job, from its ledger, in the order\n"
-            "they finished, to FILE (default: standard output). Failed documents are\n"
-            "not exported (see `qwen3-batch status`).\n\n"
-            "  --format F      jsonl (the results file's records) or openai-batch (OpenAI\n"
-            "                  Batch API output lines); default: the job's output.format\n"
-            "  -o, --output F  write to F (atomically, through F.tmp)\n"
-            "  --reasoning     include the thinking text (reasoning_content); default:\n"
-            "  --no-reasoning  the job's output.include_reasoning\n\n"
-            "Safe to run while a run is going: it exports what is committed so far.\n");
+    fprintf(f, "usage: qwen3-batch export JOB.yaml [--format jsonl|openai-batch] [-o FILE]\n"
+               "                          [--reasoning | --no-reasoning]\n\n"
+               "Writes every finished document of the job, from its ledger, in the order\n"
+               "they finished, to FILE (default: standard output). Failed documents are\n"
+               "not exported (see `qwen3-batch status`).\n\n"
+               "  --format F      jsonl (the results file's records) or openai-batch (OpenAI\n"
+               "                  Batch API output lines); default: the job's output.format\n"
+               "  -o, --output F  write to F (atomically, through F.tmp)\n"
+               "  --reasoning     include the thinking text (reasoning_content); default:\n"
+               "  --no-reasoning  the job's output.include_reasoning\n\n"
+               "Safe to run while a run is going: it exports what is committed so far.\n");
     return code;
 }
 
 int cmd_export(int argc, char **argv)
 {
-    static const struct option opts[] = {{"format", required_argument, 0, 'f'},
-                                         {"output", required_argument, 0, 'o'},
-                                         {"reasoning", no_argument, 0, 'r'},
-                                         {"no-reasoning", no_argument, 0, 'R'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"format", required_argument, 0, 'f'}, {"output", required_argument, 0, 'o'},
+        {"reasoning", no_argument, 0, 'r'},    {"no-reasoning", no_argument, 0, 'R'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *format_s = NULL, *out_path = NULL;
     int reasoning = -1, c;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
         switch (c) {
-        case 'f': format_s = optarg; break;
-        case 'o': out_path = optarg; break;
-        case 'r': reasoning = 1; break;
-        case 'R': reasoning = 0; break;
-        case 'h': return usage(stdout, EXIT_OK);
-        default: return usage(stderr, EXIT_USAGE);
+        case 'f':
+            format_s = optarg;
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
+        case 'r':
+            reasoning = 1;
+            break;
+        case 'R':
+            reasoning = 0;
+            break;
+        case 'h':
+            return usage(stdout, EXIT_OK);
+        default:
+            return usage(stderr, EXIT_USAGE);
         }
     }
     if (optind != argc - 1)
@@ -130,8 +137,7 @@ int cmd_export(int argc, char **argv)
         goto done;
     }
     if (out_path)
-        fprintf(stderr, "qwen3-batch export: %lld documents to %s\n", (long long)n_docs,
-                out_path);
+        fprintf(stderr, "qwen3-batch export: %lld documents to %s\n", (long long)n_docs, out_path);
     code = EXIT_OK;
 done:
     free(real_out);

@@ -33,8 +33,10 @@ int cmd_retry_failed(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'h': return usage(stdout, EXIT_OK);
-        default: return usage(stderr, EXIT_USAGE);
+        case 'h':
+            return usage(stdout, EXIT_OK);
+        default:
+            return usage(stderr, EXIT_USAGE);
         }
     }
     if (optind != argc - 1)

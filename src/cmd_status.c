@@ -21,25 +21,27 @@
 
 #define FAILED_SHOWN 10
 
-/* The ETA in seconds for the pending documents at the last run's pace, or
- * -1 when the last run gives no pace. The pace is seconds per token
- * (prompt + completion) because prefill and decode both cost per token, and
- * pending prompts are known exactly; completions are estimated at the last
- * run's mean per document. Without token figures, seconds per document. */
+/* The ETA in seconds for the pending documents at the pace of the run that
+ * finished the latest document (usually the last run), or -1 without one.
+ * The pace is seconds per token (prompt + completion) because prefill and
+ * decode both cost per token, and pending prompts are known exactly;
+ * completions are estimated at that run's mean per document. Without token figures, seconds per
+ * document. */
 static double eta_seconds(const ledger_counts_t *c)
 {
     if (c->pending == 0)
         return 0;
-    if (!c->has_run || c->run_docs_done == 0 || c->run_doc_seconds <= 0)
+    const ledger_run_info *p = &c->pace;
+    if (!c->has_pace || p->docs_done == 0 || p->seconds <= 0)
         return -1;
-    double run_tokens = (double)c->run_prompt_tokens + (double)c->run_completion_tokens;
+    double run_tokens = (double)p->prompt_tokens + (double)p->completion_tokens;
     if (run_tokens > 0) {
-        double mean_completion = (double)c->run_completion_tokens / (double)c->run_docs_done;
+        double mean_completion = (double)p->completion_tokens / (double)p->docs_done;
         double pending_tokens =
             (double)c->pending_prompt_tokens + mean_completion * (double)c->pending;
-        return c->run_doc_seconds / run_tokens * pending_tokens;
+        return p->seconds / run_tokens * pending_tokens;
     }
-    return c->run_doc_seconds / (double)c->run_docs_done * (double)c->pending;
+    return p->seconds / (double)p->docs_done * (double)c->pending;
 }
 
 static void fmt_duration(double s, char *buf, size_t n)
@@ -87,9 +89,13 @@ int cmd_status(int argc, char **argv)
     int as_json = 0, c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': as_json = 1; break;
-        case 'h': return usage(stdout, EXIT_OK);
-        default: return usage(stderr, EXIT_USAGE);
+        case 'j':
+            as_json = 1;
+            break;
+        case 'h':
+            return usage(stdout, EXIT_OK);
+        default:
+            return usage(stderr, EXIT_USAGE);
         }
     }
     if (optind != argc - 1)
@@ -103,7 +109,8 @@ int cmd_status(int argc, char **argv)
     int rc = ledger_open_existing(&l, j.ledger_path, &err);
     if (rc == LEDGER_MISSING) {
         if (as_json) {
-            json_t *o = json_pack("{s:s, s:n, s:s}", "job", j.path, "ledger", "message", "no run yet");
+            json_t *o =
+                json_pack("{s:s, s:n, s:s}", "job", j.path, "ledger", "message", "no run yet");
             char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
             puts(text);
             free(text);
@@ -129,35 +136,37 @@ int cmd_status(int argc, char **argv)
     double completion_tok_s = secs > 0 ? cnt.run_completion_tokens / secs : 0;
 
     if (as_json) {
-        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "job", j.path,
-                              "ledger", j.ledger_path, "running", running, "pending",
-                              (json_int_t)cnt.pending, "done", (json_int_t)cnt.done, "failed",
-                              (json_int_t)cnt.failed, "total",
-                              (json_int_t)(cnt.pending + cnt.done + cnt.failed),
-                              "done_prompt_tokens", (json_int_t)cnt.done_prompt_tokens,
-                              "done_completion_tokens", (json_int_t)cnt.done_completion_tokens,
-                              "pending_prompt_tokens", (json_int_t)cnt.pending_prompt_tokens);
+        json_t *o =
+            json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "job", j.path, "ledger",
+                      j.ledger_path, "running", running, "pending", (json_int_t)cnt.pending, "done",
+                      (json_int_t)cnt.done, "failed", (json_int_t)cnt.failed, "total",
+                      (json_int_t)(cnt.pending + cnt.done + cnt.failed), "done_prompt_tokens",
+                      (json_int_t)cnt.done_prompt_tokens, "done_completion_tokens",
+                      (json_int_t)cnt.done_completion_tokens, "pending_prompt_tokens",
+                      (json_int_t)cnt.pending_prompt_tokens);
         if (running)
             json_object_set_new(o, "holder", json_string(holder));
         if (cnt.has_run) {
             json_t *r = json_pack(
                 "{s:I, s:I, s:s, s:I, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f}", "id",
                 (json_int_t)cnt.run_id, "started", (json_int_t)cnt.run_started, "host",
-                cnt.run_host, "pid", (json_int_t)cnt.run_pid, "backend", cnt.run_backend,
-                "version", cnt.run_version, "docs_done", (json_int_t)cnt.run_docs_done,
-                "docs_failed", (json_int_t)cnt.run_docs_failed, "prompt_tokens",
-                (json_int_t)cnt.run_prompt_tokens, "completion_tokens",
-                (json_int_t)cnt.run_completion_tokens, "seconds", secs, "docs_per_s",
-                docs_per_s, "prompt_tok_s", prompt_tok_s, "completion_tok_s", completion_tok_s);
+                cnt.run_host, "pid", (json_int_t)cnt.run_pid, "backend", cnt.run_backend, "version",
+                cnt.run_version, "docs_done", (json_int_t)cnt.run_docs_done, "docs_failed",
+                (json_int_t)cnt.run_docs_failed, "prompt_tokens", (json_int_t)cnt.run_prompt_tokens,
+                "completion_tokens", (json_int_t)cnt.run_completion_tokens, "seconds", secs,
+                "docs_per_s", docs_per_s, "prompt_tok_s", prompt_tok_s, "completion_tok_s",
+                completion_tok_s);
             json_object_set_new(r, "ended",
                                 cnt.run_ended ? json_integer(cnt.run_ended) : json_null());
-            json_object_set_new(r, "exit_status", cnt.run_ended ? json_integer(cnt.run_exit_status)
-                                                                : json_null());
+            json_object_set_new(r, "exit_status",
+                                cnt.run_ended ? json_integer(cnt.run_exit_status) : json_null());
             json_object_set_new(o, "last_run", r);
         } else {
             json_object_set_new(o, "last_run", json_null());
         }
         json_object_set_new(o, "eta_s", eta >= 0 ? json_real(eta) : json_null());
+        json_object_set_new(o, "eta_pace_run",
+                            cnt.has_pace ? json_integer(cnt.pace.id) : json_null());
         char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
         puts(text);
         free(text);
@@ -184,8 +193,8 @@ int cmd_status(int argc, char **argv)
                 fmt_time(cnt.run_ended, ended, sizeof ended);
                 printf("           ended %s, exit status %d\n", ended, cnt.run_exit_status);
             } else {
-                printf("           %s\n", running ? "still running"
-                                                  : "did not end cleanly (killed or crashed)");
+                printf("           %s\n",
+                       running ? "still running" : "did not end cleanly (killed or crashed)");
             }
             printf("           %lld done, %lld failed", (long long)cnt.run_docs_done,
                    (long long)cnt.run_docs_failed);
@@ -198,9 +207,14 @@ int cmd_status(int argc, char **argv)
         }
         if (cnt.pending > 0) {
             char eta_s[32];
+            char pace[64];
+            if (cnt.has_pace && cnt.pace.id != cnt.run_id)
+                snprintf(pace, sizeof pace, " at the pace of run #%lld", (long long)cnt.pace.id);
+            else
+                snprintf(pace, sizeof pace, " at the last run's pace");
             fmt_duration(eta, eta_s, sizeof eta_s);
             printf("eta:       %s for %lld pending documents%s\n", eta_s, (long long)cnt.pending,
-                   eta >= 0 ? " at the last run's pace" : " (no run has finished a document yet)");
+                   eta >= 0 ? pace : " (no run has finished a document yet)");
         }
         if (cnt.failed > 0) {
             ledger_docs_iter *it;
@@ -209,8 +223,8 @@ int cmd_status(int argc, char **argv)
                 printf("failed:\n");
                 int shown = 0;
                 while (shown < FAILED_SHOWN && ledger_docs_next(it, &d, &err) == 1) {
-                    printf("  %s (%s): %s\n", d.doc_id ? d.doc_id : "?",
-                           d.source ? d.source : "?", d.error ? d.error : "?");
+                    printf("  %s (%s): %s\n", d.doc_id ? d.doc_id : "?", d.source ? d.source : "?",
+                           d.error ? d.error : "?");
                     shown++;
                 }
                 if (cnt.failed > shown)

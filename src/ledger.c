@@ -66,9 +66,9 @@ struct ledger {
 };
 
 /* Columns every document reader selects, in the order fill_doc reads them. */
-#define DOC_COLUMNS                                                                       \
-    "key, doc_id, source, state, attempts, error, content, reasoning, finish_reason, "   \
-    "thinking_truncated, prompt_tokens, completion_tokens, seconds, finished_at, "       \
+#define DOC_COLUMNS                                                                                \
+    "key, doc_id, source, state, attempts, error, content, reasoning, finish_reason, "             \
+    "thinking_truncated, prompt_tokens, completion_tokens, seconds, finished_at, "                 \
     "run_id, jsonl_end, done_seq"
 
 static const char *const schema_sql =
@@ -239,8 +239,7 @@ static int check_schema(ledger *l, int may_create, errbuf *err)
     if (n_objects > 0)
         return errorf(err, "%s: an SQLite database that is not a qwen3-batch ledger", l->path);
     if (!may_create)
-        return errorf(err, "%s: an empty database, not a ledger (no run has written it)",
-                      l->path);
+        return errorf(err, "%s: an empty database, not a ledger (no run has written it)", l->path);
     /* BEGIN IMMEDIATE: two processes creating at once must not both succeed. */
     if (exec(l, "BEGIN IMMEDIATE", "creating the ledger", err) < 0)
         return -1;
@@ -729,9 +728,9 @@ int ledger_pending_next(ledger_pending_iter *it, ledger_pending_doc *doc, errbuf
             return errorf(err, "%s: out of memory", l->path);
         }
         for (int i = 0; i < n_ids; i++)
-            it->ids[i] = (int32_t)((uint32_t)blob[4 * i] | (uint32_t)blob[4 * i + 1] << 8 |
-                                   (uint32_t)blob[4 * i + 2] << 16 |
-                                   (uint32_t)blob[4 * i + 3] << 24);
+            it->ids[i] =
+                (int32_t)((uint32_t)blob[4 * i] | (uint32_t)blob[4 * i + 1] << 8 |
+                          (uint32_t)blob[4 * i + 2] << 16 | (uint32_t)blob[4 * i + 3] << 24);
         doc->attempts = sqlite3_column_int(s, 4);
         sqlite3_reset(s);
         doc->key = it->key;
@@ -759,8 +758,8 @@ int ledger_finish_doc(ledger *l, const char *key, const ledger_output *out, errb
 {
     const char *fr = out->finish_reason;
     if (!fr || (strcmp(fr, "stop") && strcmp(fr, "length") && strcmp(fr, "error")))
-        return errorf(err, "%s: document %s: finish_reason must be stop, length or error",
-                      l->path, key);
+        return errorf(err, "%s: document %s: finish_reason must be stop, length or error", l->path,
+                      key);
     int failed = !strcmp(fr, "error");
     if (!failed && !out->content)
         return errorf(err, "%s: document %s: no content", l->path, key);
@@ -926,8 +925,8 @@ int ledger_last_done(ledger *l, ledger_doc *doc, errbuf *err)
     }
     fill_doc(s, doc);
     /* Copy the strings out so that no read statement stays open. */
-    const char **fields[LAST_DONE_STRS] = {&doc->key,     &doc->doc_id,    &doc->source,
-                                           &doc->error,   &doc->content,   &doc->reasoning,
+    const char **fields[LAST_DONE_STRS] = {&doc->key,          &doc->doc_id,  &doc->source,
+                                           &doc->error,        &doc->content, &doc->reasoning,
                                            &doc->finish_reason};
     for (int i = 0; i < LAST_DONE_STRS; i++) {
         free(l->last_done_strs[i]);
@@ -940,19 +939,88 @@ int ledger_last_done(ledger *l, ledger_doc *doc, errbuf *err)
 
 /* ---- status and maintenance ------------------------------------------------ */
 
-int ledger_counts(ledger *l, ledger_counts_t *c, errbuf *err)
+/* Fills r for run `id`: its record, and figures from the documents it
+ * finished. 1 when the run exists, 0 when not, -1 on error. */
+static int load_run(ledger *l, int64_t id, ledger_run_info *r, errbuf *err)
 {
-    memset(c, 0, sizeof *c);
+    memset(r, 0, sizeof *r);
     sqlite3_stmt *s = NULL;
-    /* One read transaction so that all figures come from the same snapshot. */
-    int own_tx = sqlite3_get_autocommit(l->db);
-    if (own_tx && exec(l, "BEGIN", "reading counts", err) < 0)
-        return -1;
+    if (sqlite3_prepare_v2(l->db,
+                           "SELECT id, started, ended, exit_status, seconds, host, pid, backend,"
+                           " version FROM runs WHERE id = ?1",
+                           -1, &s, NULL) != SQLITE_OK)
+        return db_error(l, err, "reading runs");
+    sqlite3_bind_int64(s, 1, id);
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        sqlite3_finalize(s);
+        return rc == SQLITE_DONE ? 0 : db_error(l, err, "reading runs");
+    }
+    r->id = sqlite3_column_int64(s, 0);
+    double started = sqlite3_column_double(s, 1);
+    r->started = (int64_t)started;
+    int ended = sqlite3_column_type(s, 2) != SQLITE_NULL;
+    r->ended = ended ? (int64_t)sqlite3_column_double(s, 2) : 0;
+    r->exit_status = ended ? sqlite3_column_int(s, 3) : -1;
+    r->seconds = ended ? sqlite3_column_double(s, 4) : 0;
+    const char *t;
+    if ((t = col_text(s, 5)))
+        snprintf(r->host, sizeof r->host, "%s", t);
+    r->pid = sqlite3_column_int64(s, 6);
+    if ((t = col_text(s, 7)))
+        snprintf(r->backend, sizeof r->backend, "%s", t);
+    if ((t = col_text(s, 8)))
+        snprintf(r->version, sizeof r->version, "%s", t);
+    sqlite3_finalize(s);
+
+    if (sqlite3_prepare_v2(l->db,
+                           "SELECT state, count(*), total(prompt_tokens), total(completion_tokens),"
+                           " max(finished_at) FROM documents WHERE run_id = ?1 GROUP BY state",
+                           -1, &s, NULL) != SQLITE_OK)
+        return db_error(l, err, "reading runs");
+    sqlite3_bind_int64(s, 1, id);
+    int64_t last_finish = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *state = (const char *)sqlite3_column_text(s, 0);
+        if (!strcmp(state, "done")) {
+            r->docs_done = sqlite3_column_int64(s, 1);
+            r->prompt_tokens = (int64_t)sqlite3_column_double(s, 2);
+            r->completion_tokens = (int64_t)sqlite3_column_double(s, 3);
+            last_finish = sqlite3_column_int64(s, 4);
+        } else if (!strcmp(state, "failed")) {
+            r->docs_failed = sqlite3_column_int64(s, 1);
+        }
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_DONE)
+        return db_error(l, err, "reading runs");
+    /* A run that did not end cleanly: measure up to its last document. */
+    if (!ended && last_finish > 0)
+        r->seconds = last_finish - started > 0 ? last_finish - started : 0;
+    return 1;
+}
+
+static int query_id(ledger *l, const char *sql, int64_t *id, errbuf *err)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(l->db, sql, -1, &s, NULL) != SQLITE_OK)
+        return db_error(l, err, "reading counts");
+    int rc = sqlite3_step(s);
+    *id = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_finalize(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return db_error(l, err, "reading counts");
+    return 0;
+}
+
+static int counts_locked(ledger *l, ledger_counts_t *c, errbuf *err)
+{
+    sqlite3_stmt *s = NULL;
     if (sqlite3_prepare_v2(l->db,
                            "SELECT state, count(*), total(prompt_tokens), total(completion_tokens)"
                            " FROM documents GROUP BY state",
                            -1, &s, NULL) != SQLITE_OK)
-        goto db_fail;
+        return db_error(l, err, "reading counts");
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *state = (const char *)sqlite3_column_text(s, 0);
@@ -968,73 +1036,61 @@ int ledger_counts(ledger *l, ledger_counts_t *c, errbuf *err)
             c->failed = n;
         }
     }
+    sqlite3_finalize(s);
     if (rc != SQLITE_DONE)
-        goto db_fail;
-    sqlite3_finalize(s);
-    s = NULL;
+        return db_error(l, err, "reading counts");
 
-    if (sqlite3_prepare_v2(l->db,
-                           "SELECT id, started, ended, exit_status, seconds, host, pid, backend,"
-                           " version FROM runs ORDER BY id DESC LIMIT 1",
-                           -1, &s, NULL) != SQLITE_OK)
-        goto db_fail;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
+    int64_t last_id, pace_id;
+    ledger_run_info last;
+    if (query_id(l, "SELECT max(id) FROM runs", &last_id, err) < 0)
+        return -1;
+    rc = last_id ? load_run(l, last_id, &last, err) : 0;
+    if (rc < 0)
+        return -1;
+    if (rc == 1) {
         c->has_run = 1;
-        c->run_id = sqlite3_column_int64(s, 0);
-        c->run_started = (int64_t)sqlite3_column_double(s, 1);
-        int ended = sqlite3_column_type(s, 2) != SQLITE_NULL;
-        c->run_ended = ended ? (int64_t)sqlite3_column_double(s, 2) : 0;
-        c->run_exit_status = ended ? sqlite3_column_int(s, 3) : -1;
-        double started = sqlite3_column_double(s, 1);
-        c->run_doc_seconds = ended ? sqlite3_column_double(s, 4) : 0;
-        const char *t;
-        if ((t = col_text(s, 5)))
-            snprintf(c->run_host, sizeof c->run_host, "%s", t);
-        c->run_pid = sqlite3_column_int64(s, 6);
-        if ((t = col_text(s, 7)))
-            snprintf(c->run_backend, sizeof c->run_backend, "%s", t);
-        if ((t = col_text(s, 8)))
-            snprintf(c->run_version, sizeof c->run_version, "%s", t);
-        sqlite3_finalize(s);
-        s = NULL;
-        if (sqlite3_prepare_v2(l->db,
-                               "SELECT state, count(*), total(prompt_tokens),"
-                               " total(completion_tokens), max(finished_at)"
-                               " FROM documents WHERE run_id = ?1 GROUP BY state",
-                               -1, &s, NULL) != SQLITE_OK)
-            goto db_fail;
-        sqlite3_bind_int64(s, 1, c->run_id);
-        int64_t last_finish = 0;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-            const char *state = (const char *)sqlite3_column_text(s, 0);
-            if (!strcmp(state, "done")) {
-                c->run_docs_done = sqlite3_column_int64(s, 1);
-                c->run_prompt_tokens = (int64_t)sqlite3_column_double(s, 2);
-                c->run_completion_tokens = (int64_t)sqlite3_column_double(s, 3);
-                last_finish = sqlite3_column_int64(s, 4);
-            } else if (!strcmp(state, "failed")) {
-                c->run_docs_failed = sqlite3_column_int64(s, 1);
-            }
-        }
-        if (rc != SQLITE_DONE)
-            goto db_fail;
-        /* A run that did not end cleanly: measure up to its last document. */
-        if (!ended && last_finish > 0)
-            c->run_doc_seconds = last_finish - started > 0 ? last_finish - started : 0;
-    } else if (rc != SQLITE_DONE) {
-        goto db_fail;
+        c->run_id = last.id;
+        c->run_started = last.started;
+        c->run_ended = last.ended;
+        c->run_exit_status = last.exit_status;
+        c->run_docs_done = last.docs_done;
+        c->run_docs_failed = last.docs_failed;
+        c->run_prompt_tokens = last.prompt_tokens;
+        c->run_completion_tokens = last.completion_tokens;
+        c->run_doc_seconds = last.seconds;
+        memcpy(c->run_host, last.host, sizeof c->run_host);
+        c->run_pid = last.pid;
+        memcpy(c->run_backend, last.backend, sizeof c->run_backend);
+        memcpy(c->run_version, last.version, sizeof c->run_version);
     }
-    sqlite3_finalize(s);
-    if (own_tx)
-        sqlite3_exec(l->db, "COMMIT", NULL, NULL, NULL);
+    if (query_id(l,
+                 "SELECT run_id FROM documents WHERE done_seq IS NOT NULL AND run_id IS NOT NULL"
+                 " ORDER BY done_seq DESC LIMIT 1",
+                 &pace_id, err) < 0)
+        return -1;
+    if (pace_id == last_id && c->has_run) {
+        c->has_pace = last.docs_done > 0;
+        c->pace = last;
+    } else if (pace_id) {
+        rc = load_run(l, pace_id, &c->pace, err);
+        if (rc < 0)
+            return -1;
+        c->has_pace = rc == 1 && c->pace.docs_done > 0;
+    }
     return 0;
-db_fail:
-    db_error(l, err, "reading counts");
-    sqlite3_finalize(s);
+}
+
+int ledger_counts(ledger *l, ledger_counts_t *c, errbuf *err)
+{
+    memset(c, 0, sizeof *c);
+    /* One read transaction so that all figures come from the same snapshot. */
+    int own_tx = sqlite3_get_autocommit(l->db);
+    if (own_tx && exec(l, "BEGIN", "reading counts", err) < 0)
+        return -1;
+    int rc = counts_locked(l, c, err);
     if (own_tx)
-        sqlite3_exec(l->db, "ROLLBACK", NULL, NULL, NULL);
-    return -1;
+        sqlite3_exec(l->db, rc == 0 ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    return rc;
 }
 
 int ledger_retry_failed(ledger *l, int64_t *n, errbuf *err)

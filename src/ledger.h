@@ -174,7 +174,7 @@ typedef struct ledger_output {
     const char *finish_reason; /* "stop", "length" or "error" */
     const char *error;         /* finish_reason "error": why (required); else NULL */
     int thinking_truncated;
-    int prompt_tokens;     /* > 0: replaces the stored count (after truncation); 0 keeps it */
+    int prompt_tokens; /* > 0: replaces the stored count (after truncation); 0 keeps it */
     int completion_tokens;
     double seconds;      /* generation time of this document */
     int64_t finished_at; /* unix seconds; 0: now */
@@ -244,6 +244,20 @@ int ledger_last_done(ledger *l, ledger_doc *doc, errbuf *err);
 
 /* ---- status and maintenance ---------------------------------------------- */
 
+/* One run's record with figures counted from the documents it finished. */
+typedef struct ledger_run_info {
+    int64_t id;
+    int64_t started, ended; /* unix seconds; ended 0 while unknown */
+    int exit_status;        /* -1 when the run did not end cleanly */
+    int64_t docs_done, docs_failed;
+    int64_t prompt_tokens, completion_tokens;
+    double seconds; /* recorded wall time, or from start to its last document */
+    char host[256];
+    int64_t pid;
+    char backend[32];
+    char version[64];
+} ledger_run_info;
+
 typedef struct ledger_counts_t {
     int64_t pending, done, failed;
     int64_t done_prompt_tokens, done_completion_tokens;
@@ -263,6 +277,10 @@ typedef struct ledger_counts_t {
     int64_t run_pid;
     char run_backend[32];
     char run_version[64];
+    /* The pace for an ETA: the run that finished the latest done document
+     * (the last run may have finished none: killed early, still loading). */
+    int has_pace;
+    ledger_run_info pace;
 } ledger_counts_t;
 
 int ledger_counts(ledger *l, ledger_counts_t *c, errbuf *err);

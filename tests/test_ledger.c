@@ -356,6 +356,7 @@ static void test_retry_and_counts(void)
     ledger_counts_t c;
     CHECK(ledger_counts(l, &c, &err) == 0);
     CHECK_INT_EQ(c.has_run, 0);
+    CHECK_INT_EQ(c.has_pace, 0);
     CHECK_INT_EQ(c.pending + c.done + c.failed, 0);
 
     CHECK(ledger_run_begin(l, "cfg", "cpu", "0.1", &run1, &err) == 0);
@@ -404,6 +405,10 @@ static void test_retry_and_counts(void)
     CHECK_INT_EQ(c.run_exit_status, -1);
     CHECK_INT_EQ(c.run_docs_done, 0);
     CHECK_STR_EQ(c.run_backend, "cuda");
+    CHECK_INT_EQ(c.has_pace, 1); /* the pace comes from the run that finished documents */
+    CHECK_INT_EQ(c.pace.id, run1);
+    CHECK_INT_EQ(c.pace.docs_done, 1);
+    CHECK(c.pace.seconds == 4.0);
 
     /* retry-failed: the engine failure is queued again with its ids, the
      * ingest failure is deleted so that ingest meets it anew. */

@@ -52,7 +52,8 @@ static char *tmp_path(const char *name)
     return p;
 }
 
-#define CHECK_HAS(sb, needle) CHECK_MSG(strstr((sb).buf, needle) != NULL, "no '%s' in:\n%s", needle, (sb).buf)
+#define CHECK_HAS(sb, needle)                                                                      \
+    CHECK_MSG(strstr((sb).buf, needle) != NULL, "no '%s' in:\n%s", needle, (sb).buf)
 
 static void fill_ledger(void)
 {
@@ -73,8 +74,7 @@ static void fill_ledger(void)
     }
     CHECK(ledger_add_failed(l, "kbad", "docs.jsonl:7", "docs.jsonl:7",
                             "docs.jsonl:7: malformed JSON", &err) == 0);
-    CHECK_MSG(out_open(&o, tmp_path("job.jsonl"), l, OUT_JSONL, 1, NULL, &err) == 0, "%s",
-              err.msg);
+    CHECK_MSG(out_open(&o, tmp_path("job.jsonl"), l, OUT_JSONL, 1, NULL, &err) == 0, "%s", err.msg);
     for (int i = 0; i < 3; i++) {
         char id[16];
         snprintf(id, sizeof id, "doc%d", i);
@@ -163,9 +163,9 @@ int main(void)
     sb_read_file(&want, tmp_path("job.jsonl"));
     CHECK_INT_EQ(out.len, want.len);
     CHECK(out.len == want.len && !memcmp(out.buf, want.buf, out.len));
-    CHECK_INT_EQ(run_cmd("export job.yaml --format openai-batch --no-reasoning -o batch.jsonl",
-                         &out),
-                 EXIT_OK);
+    CHECK_INT_EQ(
+        run_cmd("export job.yaml --format openai-batch --no-reasoning -o batch.jsonl", &out),
+        EXIT_OK);
     sb_reset(&want);
     sb_read_file(&want, tmp_path("batch.jsonl"));
     int lines = 0;
@@ -217,6 +217,8 @@ int main(void)
     CHECK_HAS(out, "2 failed documents queued");
     CHECK_INT_EQ(run_cmd("status job.yaml", &out), EXIT_OK);
     CHECK_HAS(out, "documents: 5: 3 done, 2 pending, 0 failed");
+    CHECK_HAS(out, "did not end cleanly");
+    CHECK_HAS(out, "at the pace of run #1");
     CHECK_HAS(out, "did not end cleanly");
     sb_release(&out);
     sb_release(&want);

@@ -158,8 +158,14 @@ static void test_protocol(void)
     json_t *first = json_loadb(sb.buf, strchr(sb.buf, '\n') - sb.buf, 0, &jerr);
     CHECK_MSG(first != NULL, "%s", jerr.text);
     if (first) {
-        const char *keys[] = {"id", "source", "content", "finish_reason", "thinking_truncated",
-                              "prompt_tokens", "completion_tokens", "seconds"};
+        const char *keys[] = {"id",
+                              "source",
+                              "content",
+                              "finish_reason",
+                              "thinking_truncated",
+                              "prompt_tokens",
+                              "completion_tokens",
+                              "seconds"};
         CHECK_INT_EQ(json_object_size(first), 8);
         const char *pos = sb.buf;
         for (int i = 0; i < 8; i++) {
@@ -198,8 +204,12 @@ static void test_protocol(void)
 
     /* Crash between write and commit: the line is on disk, the ledger does
      * not have it. Reopening drops it; the document is still pending. */
-    ledger_doc d = {.key = "key005", .doc_id = "doc-5", .source = "in.jsonl:6",
-                    .content = "uncommitted", .finish_reason = "stop", .prompt_tokens = 6};
+    ledger_doc d = {.key = "key005",
+                    .doc_id = "doc-5",
+                    .source = "in.jsonl:6",
+                    .content = "uncommitted",
+                    .finish_reason = "stop",
+                    .prompt_tokens = 6};
     int64_t end;
     CHECK(out_write_doc(o, &d, &end, &err) == 0);
     CHECK(end > out_end(o));
@@ -292,9 +302,8 @@ static void test_protocol(void)
             " s:o}",
             "custom_id", &custom_id, "response", "status_code", &status, "request_id", &request_id,
             "body", "object", &object, "model", &model, "choices", "message", "role", &role,
-            "content", &content, "reasoning_content", &reasoning, "finish_reason", &finish,
-            "usage", "prompt_tokens", &pt, "completion_tokens", &ct, "total_tokens", &tt, "error",
-            &error);
+            "content", &content, "reasoning_content", &reasoning, "finish_reason", &finish, "usage",
+            "prompt_tokens", &pt, "completion_tokens", &ct, "total_tokens", &tt, "error", &error);
         CHECK_MSG(rc == 0, "%s", jerr.text);
         if (rc == 0) {
             CHECK_STR_EQ(custom_id, "doc-0");
@@ -320,8 +329,10 @@ static void test_protocol(void)
 enum { KILL_DOCS = 300, KILL_ROUNDS = 30 };
 
 /* What the runner does: ingest (idempotent), then finish pending documents
- * one by one. Returns only when all are done. */
-static void child_run(const char *lpath, const char *jpath)
+ * one by one; never returns. After recovery and after each document it
+ * writes a byte to progress_fd (-1: none), so that the parent can kill it
+ * at a chosen point of the queue however slow the machine is. */
+static void child_run(const char *lpath, const char *jpath, int progress_fd)
 {
     errbuf err;
     ledger *l;
@@ -350,6 +361,8 @@ static void child_run(const char *lpath, const char *jpath)
     ledger_pending_doc d;
     if (ledger_pending_open(l, &it, &err) < 0)
         goto fail;
+    if (progress_fd >= 0 && write(progress_fd, "r", 1) != 1)
+        goto fail;
     int rc;
     strbuf content = STRBUF_INIT;
     while ((rc = ledger_pending_next(it, &d, &err)) == 1) {
@@ -372,6 +385,8 @@ static void child_run(const char *lpath, const char *jpath)
         r.run_id = run_id;
         if (out_finish_doc(o, d.key, d.doc_id, d.source, &r, &err) < 0)
             goto fail;
+        if (progress_fd >= 0 && write(progress_fd, "d", 1) != 1)
+            goto fail;
     }
     if (rc < 0)
         goto fail;
@@ -388,15 +403,28 @@ static void test_kill(void)
     int killed = 0, finished_early = 0, mid_queue = 0, torn_tails = 0;
     int64_t last_done = 0;
     for (int round = 0; round < KILL_ROUNDS; round++) {
+        int progress[2];
+        CHECK(pipe(progress) == 0);
         pid_t pid = fork();
-        if (pid == 0)
-            child_run(lpath, jpath);
-        /* 2..60 ms: from inside ingest and recovery to deep in the queue. */
-        struct timespec ts = {0, (2 + rand_r(&seed) % 58) * 1000000L};
+        if (pid == 0) {
+            close(progress[0]);
+            child_run(lpath, jpath, progress[1]);
+        }
+        close(progress[1]);
+        /* Wait for 0..20 progress bytes (recovery, then documents; about
+         * KILL_DOCS in all over the rounds), then 0..2 ms more, so that
+         * kills land anywhere: in ingest, in recovery, between documents,
+         * inside a line's write or the commit after it. */
+        int wait_for = rand_r(&seed) % 21;
+        char byte;
+        for (int i = 0; i < wait_for && read(progress[0], &byte, 1) == 1; i++)
+            ;
+        struct timespec ts = {0, (long)(rand_r(&seed) % 2000) * 1000L};
         nanosleep(&ts, NULL);
         kill(pid, SIGKILL);
         int status;
         waitpid(pid, &status, 0);
+        close(progress[0]);
         if (WIFSIGNALED(status))
             killed++;
         else {
@@ -435,7 +463,7 @@ static void test_kill(void)
     /* A last, uninterrupted run. */
     pid_t pid = fork();
     if (pid == 0)
-        child_run(lpath, jpath);
+        child_run(lpath, jpath, -1);
     int status;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -468,7 +496,8 @@ static void test_kill(void)
         json_error_t jerr;
         json_t *rec = json_loadb(line, nl - line, 0, &jerr);
         const char *id = rec ? json_string_value(json_object_get(rec, "id")) : NULL;
-        const char *reasoning = rec ? json_string_value(json_object_get(rec, "reasoning_content")) : NULL;
+        const char *reasoning =
+            rec ? json_string_value(json_object_get(rec, "reasoning_content")) : NULL;
         int i = id ? atoi(id + 1) : -1;
         if (!id || i < 0 || i >= KILL_DOCS || seen[i] || !reasoning || atoi(reasoning + 1) != i)
             bad_lines++;
