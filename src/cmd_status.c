@@ -146,6 +146,7 @@ int cmd_status(int argc, char **argv)
                       (json_int_t)cnt.pending_prompt_tokens);
         if (running)
             json_object_set_new(o, "holder", json_string(holder));
+        json_object_set_new(o, "other_configs", json_integer(cnt.other_configs));
         if (cnt.has_run) {
             json_t *r = json_pack(
                 "{s:I, s:I, s:s, s:I, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f}", "id",
@@ -177,6 +178,11 @@ int cmd_status(int argc, char **argv)
                running ? "  (a run is going: " : "", running ? holder : "", running ? ")" : "");
         printf("documents: %lld: %lld done, %lld pending, %lld failed\n", (long long)total,
                (long long)cnt.done, (long long)cnt.pending, (long long)cnt.failed);
+        if (cnt.other_configs > 0)
+            printf(
+                "           (and %lld documents of earlier configurations of the job: kept in the\n"
+                "           ledger, not counted, run or exported)\n",
+                (long long)cnt.other_configs);
         printf("tokens:    done %lld prompt + %lld completion; pending %lld prompt\n",
                (long long)cnt.done_prompt_tokens, (long long)cnt.done_completion_tokens,
                (long long)cnt.pending_prompt_tokens);

@@ -59,7 +59,11 @@ struct ledger {
     char *path;
     int lock_fd; /* -1 when not holding the lock */
     int in_batch;
-    char *config_hash; /* of the run begun through this handle, or NULL */
+    /* The current configuration (config hash of the last run begun on this
+     * ledger, kept in meta "config_hash"), or NULL before any run. New
+     * documents are stamped with it; readers see only its documents. */
+    char *config_hash;
+    int config_gen; /* bumped when config_hash changes (see output.c) */
     int64_t run_id;
     sqlite3_stmt *stmts[ST_COUNT];
     char *last_done_strs[LAST_DONE_STRS]; /* owned copies for ledger_last_done */
@@ -96,8 +100,10 @@ static const char *const schema_sql =
     "  config_hash TEXT"
     ");"
     "CREATE UNIQUE INDEX documents_seq ON documents(seq);"
-    "CREATE INDEX documents_pending ON documents(prompt_tokens, seq) WHERE state = 'pending';"
+    "CREATE INDEX documents_pending ON documents(config_hash, prompt_tokens, seq)"
+    "  WHERE state = 'pending';"
     "CREATE INDEX documents_done_seq ON documents(done_seq);"
+    "CREATE INDEX documents_config_done ON documents(config_hash, done_seq);"
     "CREATE INDEX documents_run ON documents(run_id);"
     "CREATE TABLE runs ("
     "  id INTEGER PRIMARY KEY,"
@@ -139,16 +145,19 @@ static const char *const stmt_sql[ST_COUNT] = {
         "   THEN (SELECT coalesce(max(done_seq), 0) + 1 FROM documents) ELSE NULL END,"
         " prompt_ids = CASE WHEN ?2 = 'done' THEN NULL ELSE prompt_ids END"
         " WHERE key = ?1 AND state = 'pending'",
-    [ST_PENDING_PAGE] = "SELECT key, prompt_tokens, seq FROM documents"
-                        " WHERE state = 'pending' AND (prompt_tokens, seq) > (?1, ?2)"
-                        " ORDER BY prompt_tokens, seq LIMIT ?3",
+    [ST_PENDING_PAGE] =
+        "SELECT key, prompt_tokens, seq FROM documents"
+        " WHERE state = 'pending' AND config_hash IS ?4 AND (prompt_tokens, seq) > (?1, ?2)"
+        " ORDER BY prompt_tokens, seq LIMIT ?3",
     [ST_PENDING_LOAD] = "SELECT doc_id, source, params, prompt_ids, attempts FROM documents"
                         " WHERE key = ?1 AND state = 'pending'",
-    [ST_JSONL_END] = "SELECT jsonl_end FROM documents WHERE done_seq IS NOT NULL"
-                     " ORDER BY done_seq DESC LIMIT 1",
+    [ST_JSONL_END] =
+        "SELECT jsonl_end FROM documents WHERE config_hash IS ?1 AND done_seq IS NOT NULL"
+        " ORDER BY done_seq DESC LIMIT 1",
     [ST_SET_JSONL_END] = "UPDATE documents SET jsonl_end = ?2 WHERE done_seq = ?1",
-    [ST_LAST_DONE] = "SELECT " DOC_COLUMNS " FROM documents WHERE done_seq IS NOT NULL"
-                     " ORDER BY done_seq DESC LIMIT 1",
+    [ST_LAST_DONE] =
+        "SELECT " DOC_COLUMNS " FROM documents WHERE config_hash IS ?1 AND done_seq IS NOT NULL"
+        " ORDER BY done_seq DESC LIMIT 1",
     [ST_META_SET] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
     [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
 };
@@ -297,6 +306,10 @@ static int open_common(ledger **out, const char *path, int create, errbuf *err)
         ledger_close(l);
         return -1;
     }
+    if (ledger_meta_get(l, "config_hash", &l->config_hash, err) < 0) {
+        ledger_close(l);
+        return -1;
+    }
     *out = l;
     return 0;
 }
@@ -437,8 +450,15 @@ int ledger_run_begin(ledger *l, const char *config_hash, const char *backend, co
     if (rc < 0)
         return -1;
     l->run_id = sqlite3_last_insert_rowid(l->db);
-    free(l->config_hash);
-    l->config_hash = config_hash ? strdup(config_hash) : NULL;
+    if (config_hash && (!l->config_hash || strcmp(config_hash, l->config_hash))) {
+        if (ledger_meta_set(l, "config_hash", config_hash, err) < 0)
+            return -1;
+        free(l->config_hash);
+        l->config_hash = strdup(config_hash);
+        if (!l->config_hash)
+            return errorf(err, "%s: out of memory", l->path);
+        l->config_gen++;
+    }
     *run_id = l->run_id;
     return 0;
 }
@@ -573,8 +593,7 @@ int ledger_add_pending_params(ledger *l, const char *key, const char *doc_id, co
         sqlite3_bind_text(s, 6, params, -1, SQLITE_STATIC);
     if (l->run_id)
         sqlite3_bind_int64(s, 7, l->run_id);
-    if (l->config_hash)
-        sqlite3_bind_text(s, 8, l->config_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 8, l->config_hash, -1, SQLITE_STATIC);
     return step_done(l, s, "adding a document", err);
 }
 
@@ -597,8 +616,7 @@ int ledger_add_failed(ledger *l, const char *key, const char *doc_id, const char
     sqlite3_bind_int64(s, 5, (int64_t)now_unix());
     if (l->run_id)
         sqlite3_bind_int64(s, 6, l->run_id);
-    if (l->config_hash)
-        sqlite3_bind_text(s, 7, l->config_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 7, l->config_hash, -1, SQLITE_STATIC);
     return step_done(l, s, "adding a failed document", err);
 }
 
@@ -656,6 +674,7 @@ static int pending_fill_page(ledger_pending_iter *it, errbuf *err)
     sqlite3_bind_int64(s, 1, it->last_tokens);
     sqlite3_bind_int64(s, 2, it->last_seq);
     sqlite3_bind_int(s, 3, PENDING_PAGE);
+    sqlite3_bind_text(s, 4, l->config_hash, -1, SQLITE_STATIC);
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         char *key = strdup((const char *)sqlite3_column_text(s, 0));
@@ -800,6 +819,7 @@ int64_t ledger_jsonl_end(ledger *l)
     sqlite3_stmt *s = ledger_stmt(l, ST_JSONL_END, NULL);
     if (!s)
         return 0;
+    sqlite3_bind_text(s, 1, l->config_hash, -1, SQLITE_STATIC);
     int64_t end = 0;
     if (sqlite3_step(s) == SQLITE_ROW)
         end = sqlite3_column_int64(s, 0);
@@ -873,9 +893,10 @@ int ledger_docs_open(ledger *l, enum ledger_state state, ledger_docs_iter **it, 
 {
     *it = NULL;
     const char *sql = state == LEDGER_DONE
-                          ? "SELECT " DOC_COLUMNS " FROM documents WHERE done_seq IS NOT NULL"
-                            " ORDER BY done_seq"
-                          : "SELECT " DOC_COLUMNS " FROM documents WHERE state = ?1 ORDER BY seq";
+                          ? "SELECT " DOC_COLUMNS " FROM documents"
+                            " WHERE config_hash IS ?2 AND done_seq IS NOT NULL ORDER BY done_seq"
+                          : "SELECT " DOC_COLUMNS " FROM documents"
+                            " WHERE state = ?1 AND config_hash IS ?2 ORDER BY seq";
     ledger_docs_iter *i = calloc(1, sizeof *i);
     if (!i)
         return errorf(err, "%s: out of memory", l->path);
@@ -886,6 +907,7 @@ int ledger_docs_open(ledger *l, enum ledger_state state, ledger_docs_iter **it, 
     }
     if (state != LEDGER_DONE)
         sqlite3_bind_text(i->s, 1, ledger_state_name(state), -1, SQLITE_STATIC);
+    sqlite3_bind_text(i->s, 2, l->config_hash, -1, SQLITE_TRANSIENT);
     *it = i;
     return 0;
 }
@@ -914,6 +936,7 @@ int ledger_last_done(ledger *l, ledger_doc *doc, errbuf *err)
     sqlite3_stmt *s = ledger_stmt(l, ST_LAST_DONE, err);
     if (!s)
         return -1;
+    sqlite3_bind_text(s, 1, l->config_hash, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_DONE) {
         sqlite3_reset(s);
@@ -1017,15 +1040,18 @@ static int counts_locked(ledger *l, ledger_counts_t *c, errbuf *err)
 {
     sqlite3_stmt *s = NULL;
     if (sqlite3_prepare_v2(l->db,
-                           "SELECT state, count(*), total(prompt_tokens), total(completion_tokens)"
-                           " FROM documents GROUP BY state",
+                           "SELECT state, count(*), total(prompt_tokens), total(completion_tokens),"
+                           " config_hash IS ?1 FROM documents GROUP BY 5, 1",
                            -1, &s, NULL) != SQLITE_OK)
         return db_error(l, err, "reading counts");
+    sqlite3_bind_text(s, 1, l->config_hash, -1, SQLITE_STATIC);
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *state = (const char *)sqlite3_column_text(s, 0);
         int64_t n = sqlite3_column_int64(s, 1);
-        if (!strcmp(state, "pending")) {
+        if (!sqlite3_column_int(s, 4)) {
+            c->other_configs += n;
+        } else if (!strcmp(state, "pending")) {
             c->pending = n;
             c->pending_prompt_tokens = (int64_t)sqlite3_column_double(s, 2);
         } else if (!strcmp(state, "done")) {
@@ -1093,22 +1119,37 @@ int ledger_counts(ledger *l, ledger_counts_t *c, errbuf *err)
     return rc;
 }
 
+/* Runs sql with ?1 bound to the current configuration. */
+static int exec_scoped(ledger *l, const char *sql, errbuf *err)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(l->db, sql, -1, &s, NULL) != SQLITE_OK)
+        return db_error(l, err, "retrying failed documents");
+    sqlite3_bind_text(s, 1, l->config_hash, -1, SQLITE_STATIC);
+    int rc = step_done(l, s, "retrying failed documents", err);
+    sqlite3_finalize(s);
+    return rc;
+}
+
 int ledger_retry_failed(ledger *l, int64_t *n, errbuf *err)
 {
     *n = 0;
     int own_tx = !l->in_batch;
     if (own_tx && exec(l, "BEGIN IMMEDIATE", "retrying failed documents", err) < 0)
         return -1;
-    if (exec(l, "DELETE FROM documents WHERE state = 'failed' AND prompt_ids IS NULL",
-             "retrying failed documents", err) < 0)
+    if (exec_scoped(l,
+                    "DELETE FROM documents WHERE state = 'failed' AND prompt_ids IS NULL"
+                    " AND config_hash IS ?1",
+                    err) < 0)
         goto fail;
     *n = sqlite3_changes(l->db);
-    if (exec(l,
-             "UPDATE documents SET state = 'pending', error = NULL, content = NULL,"
-             " reasoning = NULL, finish_reason = NULL, thinking_truncated = 0,"
-             " completion_tokens = 0, seconds = NULL, finished_at = NULL, run_id = NULL,"
-             " jsonl_end = NULL, done_seq = NULL WHERE state = 'failed'",
-             "retrying failed documents", err) < 0)
+    if (exec_scoped(
+            l,
+            "UPDATE documents SET state = 'pending', error = NULL, content = NULL,"
+            " reasoning = NULL, finish_reason = NULL, thinking_truncated = 0,"
+            " completion_tokens = 0, seconds = NULL, finished_at = NULL, run_id = NULL,"
+            " jsonl_end = NULL, done_seq = NULL WHERE state = 'failed' AND config_hash IS ?1",
+            err) < 0)
         goto fail;
     *n += sqlite3_changes(l->db);
     if (own_tx && exec(l, "COMMIT", "retrying failed documents", err) < 0)
@@ -1119,4 +1160,14 @@ fail:
         sqlite3_exec(l->db, "ROLLBACK", NULL, NULL, NULL);
     *n = 0;
     return -1;
+}
+
+const char *ledger_config_hash(const ledger *l)
+{
+    return l->config_hash;
+}
+
+int ledger_config_gen(const ledger *l)
+{
+    return l->config_gen;
 }

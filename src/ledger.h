@@ -18,6 +18,18 @@
  * no document is recorded twice (the update only moves a 'pending' row) or
  * half-written (one transaction). See ledger.c for the synchronous setting.
  *
+ * Configurations: every document is stamped with the configuration hash
+ * (job_config_hash) of the run that added it, and the ledger's current
+ * configuration is that of the last run begun (ledger_run_begin; kept in
+ * meta "config_hash"). The pending queue, ledger_docs_*, ledger_last_done,
+ * ledger_jsonl_end, ledger_counts and ledger_retry_failed see only the
+ * current configuration's documents: after a prompt or model change the
+ * job starts over (new keys), the old configuration's pending documents are
+ * not run and its outputs leave the results file (out_open rebuilds it),
+ * but they stay in the ledger, and a job changed back finds them again
+ * (their keys match). ledger_has_key and ledger_finish_doc look at every
+ * document, whatever its configuration.
+ *
  * Concurrency: one writer per ledger, enforced with ledger_lock (flock on
  * "<path>.lock", freed by the kernel when the holder dies, even by kill -9).
  * Readers (status, export) need no lock: WAL lets them read a consistent
@@ -81,8 +93,10 @@ int ledger_lock_holder(const char *path, char *holder, size_t n);
 /* ---- runs ---------------------------------------------------------------- */
 
 /* Records the start of a run (time, host, pid, version, config hash,
- * backend) and returns its id. The config hash is also stamped on documents
- * added through this handle afterwards (column config_hash). */
+ * backend) and returns its id. config_hash becomes the ledger's current
+ * configuration (see the top of this file); call it before out_open so the
+ * results file is recovered for the right one (out_write_doc also catches a
+ * change and rebuilds the file first). */
 int ledger_run_begin(ledger *l, const char *config_hash, const char *backend, const char *version,
                      int64_t *run_id, errbuf *err);
 
@@ -96,6 +110,11 @@ typedef struct ledger_run_totals {
  * this keeps ended NULL; status then derives its figures from its documents. */
 int ledger_run_end(ledger *l, int64_t run_id, const ledger_run_totals *t, int exit_status,
                    errbuf *err);
+
+/* The current configuration hash (borrowed; NULL before any run), and a
+ * counter that changes whenever it does (output.c compares it). */
+const char *ledger_config_hash(const ledger *l);
+int ledger_config_gen(const ledger *l);
 
 /* ---- meta: small key/value settings ------------------------------------- */
 
@@ -259,7 +278,8 @@ typedef struct ledger_run_info {
 } ledger_run_info;
 
 typedef struct ledger_counts_t {
-    int64_t pending, done, failed;
+    int64_t pending, done, failed; /* of the current configuration */
+    int64_t other_configs;         /* documents of earlier configurations (any state) */
     int64_t done_prompt_tokens, done_completion_tokens;
     int64_t pending_prompt_tokens;
     /* The last run (the highest id; has_run 0 when there is none). Its

@@ -31,9 +31,10 @@ struct out {
     ledger *l;
     enum out_format format;
     int include_reasoning;
-    char *model;  /* meta "model", or NULL */
-    int64_t end;  /* committed size */
-    int64_t tail; /* physical size (end + an uncommitted line, if any) */
+    char *model;    /* meta "model", or NULL */
+    int64_t end;    /* committed size */
+    int64_t tail;   /* physical size (end + an uncommitted line, if any) */
+    int config_gen; /* the ledger's configuration the file was recovered for */
     strbuf line;
 };
 
@@ -271,6 +272,7 @@ static int regenerate(out *o, errbuf *err)
         goto fail;
     }
     o->end = o->tail = offset;
+    o->config_gen = ledger_config_gen(o->l);
     free(seqs);
     free(ends);
     sb_release(&tmp);
@@ -335,6 +337,7 @@ int out_open(out **op, const char *path, ledger *l, enum out_format format, int 
             goto fail;
         }
     }
+    o->config_gen = ledger_config_gen(l);
     o->tail = o->end;
     *op = o;
     return 0;
@@ -374,6 +377,10 @@ int out_rollback(out *o, errbuf *err)
 
 int out_write_doc(out *o, const ledger_doc *doc, int64_t *end_offset, errbuf *err)
 {
+    /* The ledger switched configuration (a run began with a new hash after
+     * out_open): the committed lines belong to the old one. */
+    if (ledger_config_gen(o->l) != o->config_gen && regenerate(o, err) < 0)
+        return -1;
     sb_reset(&o->line);
     out_render(doc, o->format, o->include_reasoning, o->model, &o->line);
     sb_addc(&o->line, '\n');

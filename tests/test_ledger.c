@@ -438,6 +438,77 @@ static void test_retry_and_counts(void)
     ledger_close(l);
 }
 
+/* Documents belong to the configuration of the run that added them; the
+ * ledger shows the current one's. */
+static void test_configs(void)
+{
+    errbuf err;
+    ledger *l = open_new("cfg.sqlite");
+    char *path = tmp_path("cfg.sqlite");
+    int32_t ids[] = {1, 2, 3};
+    int64_t run;
+    CHECK(ledger_config_hash(l) == NULL);
+    CHECK(ledger_run_begin(l, "A", "cpu", "1", &run, &err) == 0);
+    CHECK_STR_EQ(ledger_config_hash(l), "A");
+    int gen_a = ledger_config_gen(l);
+    CHECK(ledger_add_pending(l, "a1", "1", "s", ids, 3, &err) == 0);
+    CHECK(ledger_add_pending(l, "a2", "2", "s", ids, 2, &err) == 0);
+    CHECK(ledger_add_failed(l, "a3", "3", "s", "bad", &err) == 0);
+    ledger_output o = done_output("A's answer", 5);
+    o.jsonl_end = 42;
+    CHECK(ledger_finish_doc(l, "a1", &o, &err) == 0);
+    CHECK(ledger_run_begin(l, "A", "cpu", "1", &run, &err) == 0);
+    CHECK_INT_EQ(ledger_config_gen(l), gen_a); /* same configuration */
+
+    CHECK(ledger_run_begin(l, "B", "cpu", "1", &run, &err) == 0);
+    CHECK(ledger_config_gen(l) != gen_a);
+    ledger_counts_t c;
+    CHECK(ledger_counts(l, &c, &err) == 0);
+    CHECK_INT_EQ(c.pending + c.done + c.failed, 0);
+    CHECK_INT_EQ(c.other_configs, 3);
+    CHECK_INT_EQ(ledger_jsonl_end(l), 0);
+    ledger_doc d;
+    CHECK_INT_EQ(ledger_last_done(l, &d, &err), 0);
+    ledger_pending_iter *it;
+    ledger_pending_doc p;
+    CHECK(ledger_pending_open(l, &it, &err) == 0);
+    CHECK_INT_EQ(ledger_pending_next(it, &p, &err), 0);
+    ledger_pending_close(it);
+    int64_t n;
+    CHECK(ledger_retry_failed(l, &n, &err) == 0);
+    CHECK_INT_EQ(n, 0);
+    int found;
+    CHECK(ledger_has_key(l, "a1", &found, &err) == 0 && found == 1);
+    CHECK(ledger_add_pending(l, "b1", "1", "s", ids, 1, &err) == 0);
+    CHECK_INT_EQ(sql_int(path, "SELECT count(*) FROM documents WHERE config_hash = 'B'"), 1);
+    CHECK(ledger_pending_open(l, &it, &err) == 0);
+    CHECK_INT_EQ(ledger_pending_next(it, &p, &err), 1);
+    CHECK_STR_EQ(p.key, "b1");
+    CHECK_INT_EQ(ledger_pending_next(it, &p, &err), 0);
+    ledger_pending_close(it);
+
+    /* A reader takes the current configuration from the ledger. */
+    ledger *r;
+    CHECK(ledger_open_existing(&r, path, &err) == 0);
+    CHECK_STR_EQ(ledger_config_hash(r), "B");
+    CHECK(ledger_counts(r, &c, &err) == 0);
+    CHECK_INT_EQ(c.pending, 1);
+    CHECK_INT_EQ(c.other_configs, 3);
+    ledger_close(r);
+
+    /* Back to A: its documents are there again. */
+    CHECK(ledger_run_begin(l, "A", "cpu", "1", &run, &err) == 0);
+    CHECK(ledger_counts(l, &c, &err) == 0);
+    CHECK_INT_EQ(c.done, 1);
+    CHECK_INT_EQ(c.pending, 1);
+    CHECK_INT_EQ(c.failed, 1);
+    CHECK_INT_EQ(c.other_configs, 1);
+    CHECK_INT_EQ(ledger_jsonl_end(l), 42);
+    CHECK(ledger_retry_failed(l, &n, &err) == 0);
+    CHECK_INT_EQ(n, 1);
+    ledger_close(l);
+}
+
 static void test_lock(void)
 {
     errbuf err;
@@ -526,6 +597,7 @@ int main(void)
     test_finish();
     test_pending_order_and_interleaving();
     test_retry_and_counts();
+    test_configs();
     test_lock();
     test_reader_while_writing();
     int rc = check_exit("test_ledger");

@@ -324,6 +324,52 @@ static void test_protocol(void)
     ledger_close(l);
 }
 
+/* A run with a new configuration: the results file holds only its
+ * documents, whether the switch comes before out_open or after it. */
+static void test_config_change(void)
+{
+    errbuf err;
+    char *lpath = tmp_path("c.sqlite"), *jpath = tmp_path("c.jsonl");
+    ledger *l;
+    out *o;
+    int64_t run;
+    int regen;
+    CHECK(ledger_open(&l, lpath, &err) == 0);
+    CHECK(ledger_run_begin(l, "A", "cpu", "1", &run, &err) == 0);
+    add_docs(l, 3);
+    CHECK(out_open(&o, jpath, l, OUT_JSONL, 0, &regen, &err) == 0);
+    CHECK_INT_EQ(finish_some(l, o, 3), 3);
+    CHECK_INT_EQ(count_lines(jpath), 3);
+
+    /* Switch after out_open (cmd_run's order): the next write rebuilds. */
+    CHECK(ledger_run_begin(l, "B", "cpu", "1", &run, &err) == 0);
+    int32_t ids[] = {7, 7};
+    CHECK(ledger_add_pending(l, "b-key0", "doc-b0", "b.jsonl:1", ids, 2, &err) == 0);
+    CHECK_INT_EQ(finish_some(l, o, 1), 1);
+    CHECK_INT_EQ(count_lines(jpath), 1);
+    CHECK(file_equals_export(l, jpath, OUT_JSONL, 0));
+    out_close(o);
+    CHECK(out_open(&o, jpath, l, OUT_JSONL, 0, &regen, &err) == 0);
+    CHECK_INT_EQ(regen, 0);
+    out_close(o);
+
+    /* Switch back before out_open: rebuilt with A's three lines. */
+    CHECK(ledger_run_begin(l, "A", "cpu", "1", &run, &err) == 0);
+    CHECK(out_open(&o, jpath, l, OUT_JSONL, 0, &regen, &err) == 0);
+    CHECK_INT_EQ(regen, 1);
+    CHECK_INT_EQ(count_lines(jpath), 3);
+    CHECK(file_equals_export(l, jpath, OUT_JSONL, 0));
+    out_close(o);
+
+    /* A configuration without any done document: an empty file. */
+    CHECK(ledger_run_begin(l, "C", "cpu", "1", &run, &err) == 0);
+    CHECK(out_open(&o, jpath, l, OUT_JSONL, 0, &regen, &err) == 0);
+    CHECK_INT_EQ(count_lines(jpath), 0);
+    CHECK(file_equals_export(l, jpath, OUT_JSONL, 0));
+    out_close(o);
+    ledger_close(l);
+}
+
 /* ---- the kill test --------------------------------------------------------- */
 
 enum { KILL_DOCS = 300, KILL_ROUNDS = 30 };
@@ -337,7 +383,12 @@ static void child_run(const char *lpath, const char *jpath, int progress_fd)
     errbuf err;
     ledger *l;
     out *o;
-    if (ledger_open(&l, lpath, &err) < 0 || ledger_lock(l, &err) < 0)
+    int64_t run_id;
+    /* The order of cmd_run: recover the results file, begin the run (which
+     * sets the configuration new documents belong to), ingest, generate. */
+    if (ledger_open(&l, lpath, &err) < 0 || ledger_lock(l, &err) < 0 ||
+        out_open(&o, jpath, l, OUT_JSONL, 1, NULL, &err) < 0 ||
+        ledger_run_begin(l, "cfg", "cpu", "test", &run_id, &err) < 0)
         goto fail;
     if (ledger_begin(l, &err) < 0)
         goto fail;
@@ -352,10 +403,6 @@ static void child_run(const char *lpath, const char *jpath, int progress_fd)
             goto fail;
     }
     if (ledger_commit(l, &err) < 0)
-        goto fail;
-    int64_t run_id;
-    if (ledger_run_begin(l, "cfg", "cpu", "test", &run_id, &err) < 0 ||
-        out_open(&o, jpath, l, OUT_JSONL, 1, NULL, &err) < 0)
         goto fail;
     ledger_pending_iter *it;
     ledger_pending_doc d;
@@ -534,6 +581,7 @@ int main(void)
         return 1;
     }
     test_protocol();
+    test_config_change();
     test_kill();
     int rc = check_exit("test_output");
     if (rc == 0) {
