@@ -16,6 +16,12 @@ static int cmd_help(int argc, char **argv);
 
 static const struct cli_command commands[] = {
     /* CLI_COMMANDS: one line per command, in data-flow order. */
+    {"make-demo-model", cmd_make_demo_model, "write a small random-weight Qwen3 (real tokenizer)"},
+    {"tokenize", cmd_tokenize, "text on stdin -> JSON token ids"},
+    {"detokenize", cmd_detokenize, "JSON token ids on stdin -> text"},
+    {"render", cmd_render, "JSON chat messages on stdin -> Qwen3 prompt"},
+    {"score", cmd_score, "logits of every position of a token list"},
+    {"generate", cmd_generate, "generate from one prompt"},
     {"help", cmd_help, "this list"},
 };
 

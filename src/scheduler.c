@@ -1,9 +1,9 @@
 /*
- * sched.c - see sched.h. One loop: admit, build a step, run it, account for
+ * sched.c - see scheduler.h. One loop: admit, build a step, run it, account for
  * every sampled token, retire finished documents. All state is per running
  * sequence in `struct slot`; the loop allocates nothing after setup.
  */
-#include "sched.h"
+#include "scheduler.h"
 
 #include <stdio.h>
 #include <stdlib.h>
