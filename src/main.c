@@ -16,6 +16,7 @@ static int cmd_help(int argc, char **argv);
 
 static const struct cli_command commands[] = {
     /* CLI_COMMANDS: one line per command, in data-flow order. */
+    {"run", cmd_run, "run a job: ingest, generate, write results (resumable)"},
     {"make-demo-model", cmd_make_demo_model, "write a small random-weight Qwen3 (real tokenizer)"},
     {"tokenize", cmd_tokenize, "text on stdin -> JSON token ids"},
     {"detokenize", cmd_detokenize, "JSON token ids on stdin -> text"},

@@ -25,9 +25,8 @@ mkdir -p arc && echo "Archived document one." >arc/one.txt && echo "Archived doc
 tar czf in/docs.tar.gz -C arc one.txt two.txt
 head -c 100 in/docs.tar.gz >in/broken.tar.gz
 
-write_job job.yaml "in/docs.jsonl" \
+write_job job.yaml "  - path: in/docs.jsonl" "    id_field: id" \
     "  - path: in/folder" "  - path: in/docs.tar.gz" "  - path: in/broken.tar.gz"
-sed -i 's|^  - in/docs.jsonl$|  - path: in/docs.jsonl\n    id_field: id|' job.yaml
 
 set +e
 "$Q" run job.yaml >out1.json 2>err1.txt; rc=$?
@@ -79,8 +78,9 @@ set +e; "$Q" run bad.yaml 2>bad.txt; rc=$?; set -e
 grep -q "bad.yaml:5:3" bad.txt || fail "bad job: no file:line:col: $(cat bad.txt)"
 
 # --- thinking mode with a budget: thought closed, output split ---
-write_job think.yaml "in/folder" 
-sed -i 's/mode: non-thinking/mode: thinking\n  thinking_budget: 6/; s/max_new_tokens: 12/max_new_tokens: 16/' think.yaml
+mkdir -p in/think && cp in/folder/g.txt in/folder/sub/h.md in/think/
+write_job think.yaml "  - in/think"
+sed -i 's/mode: non-thinking/mode: thinking\n  thinking_budget: 6/; s/max_new_tokens: 12/max_new_tokens: 64/' think.yaml
 set +e; "$Q" run think.yaml >out5.json 2>err5.txt; rc=$?; set -e
 [ $rc -eq 0 ] || { cat err5.txt >&2; fail "thinking run: exit $rc"; }
 grep -q '"thinking_truncated":true' think.jsonl || fail "thinking budget never triggered"

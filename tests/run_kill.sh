@@ -15,8 +15,8 @@ while [ $i -lt $N ]; do
 done >docs.jsonl
 mkdir ref kill
 for d in ref kill; do
-    write_job $d/job.yaml ../docs.jsonl
-    sed -i 's|^  - ../docs.jsonl$|  - path: ../docs.jsonl\n    id_field: id|; s/max_new_tokens: 12/max_new_tokens: 40/' $d/job.yaml
+    write_job $d/job.yaml "  - path: ../docs.jsonl" "    id_field: id"
+    sed -i 's/max_new_tokens: 12/max_new_tokens: 40/' $d/job.yaml
     sed -i 's/progress: json/progress: none/' $d/job.yaml
 done
 "$Q" run ref/job.yaml >/dev/null 2>&1 || fail "uninterrupted run failed"
