@@ -12,9 +12,10 @@
 #SBATCH --time=08:00:00
 set -e
 template=$1
-shards=$2
+shards=$(realpath "$2")
 task=${SLURM_ARRAY_TASK_ID:?run me with sbatch --array}
 job=$(dirname "$template")/.slurm-$task.yaml
 # The shard's inputs and a per-shard ledger and output.
+mkdir -p "$(dirname "$template")/ledgers" "$(dirname "$template")/results"
 sed -e "s|@SHARD@|$shards/$task|g" -e "s|@TASK@|$task|g" "$template" >"$job"
 qwen3-batch run "$job"
