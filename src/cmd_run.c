@@ -431,21 +431,12 @@ int cmd_run(int argc, char **argv)
                  NULL, &err))
         goto out;
 
-    /* The engine: its KV cache holds a full prefill batch, or what the
-     * memory allows. */
+    /* The engine sizes its KV cache itself: from the GPU memory budget, or
+     * on the CPU from a host memory allowance. */
     eng_options eo = {.backend = j.backend, .n_threads = j.threads,
                       .gpu_memory_budget = j.gpu_memory, .kv_type = j.kv_cache,
                       .max_seqs = j.max_seqs > 0 ? j.max_seqs : 64,
                       .n_valid_vocab = tok_vocab_size(r.t)};
-    {
-        const model_config *mc = &m.cfg;
-        int64_t per_token = (int64_t)mc->n_layers * mc->n_kv_heads * mc->head_dim * 2 * 4;
-        int64_t cap = ((int64_t)2 << 30) / per_token; /* CPU: fp32 KV within 2 GiB */
-        int64_t want = j.max_batch_tokens > r.max_context ? j.max_batch_tokens : r.max_context;
-        eo.max_kv_tokens = want < cap ? want : cap;
-        if (eo.max_kv_tokens < r.max_context)
-            eo.max_kv_tokens = r.max_context;
-    }
     if (eng_open(&e, &m, &eo, &err))
         goto out;
     if (ledger_run_begin(r.l, r.config_hash, e->backend_name, PACKAGE_VERSION, &r.run_id, &err))

@@ -22,6 +22,21 @@ done
 "$Q" run ref/job.yaml >/dev/null 2>&1 || fail "uninterrupted run failed"
 [ "$(wc -l <ref/job.jsonl)" -eq $N ] || fail "reference run: want $N lines"
 
+# The time limit stops admitting documents and exits 4 with work left; a
+# SIGTERM stops at once and exits 6. Both leave a resumable ledger.
+set +e
+"$Q" run kill/job.yaml --max-run-time 1s >/dev/null 2>&1; rc=$?
+set -e
+[ $rc -eq 4 ] || fail "--max-run-time 1s: exit $rc, want 4"
+n1=$(wc -l <kill/job.jsonl)
+[ "$n1" -gt 0 ] && [ "$n1" -lt $N ] || fail "time limit: $n1 documents done, want some but not all"
+"$Q" run kill/job.yaml >/dev/null 2>&1 &
+pid=$!
+sleep 1.2
+kill -TERM $pid
+set +e; wait $pid; rc=$?; set -e
+[ $rc -eq 6 ] || [ $rc -eq 0 ] || fail "SIGTERM: exit $rc, want 6"
+
 kills=0 tries=0
 while [ $tries -lt 40 ]; do
     tries=$((tries + 1))
