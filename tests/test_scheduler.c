@@ -103,7 +103,7 @@ int main(void)
 {
     const char *top = getenv("top_srcdir") ? getenv("top_srcdir") : ".";
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/ref/models/bf16_untied", top);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/ref/models/bf16_untied_gqa", top);
     model m;
     errbuf err = {{0}};
     if (model_open(&m, dir, &err)) {
