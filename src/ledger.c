@@ -336,6 +336,40 @@ const char *ledger_path(const ledger *l)
 
 /* ---- lock ------------------------------------------------------------------ */
 
+/* The holder's "host pid" from the lock file as "host H, pid P". */
+static void read_holder(int fd, char *holder, size_t n)
+{
+    char line[300] = "";
+    ssize_t got = pread(fd, line, sizeof line - 1, 0);
+    line[got > 0 ? got : 0] = '\0';
+    char host[256] = "?";
+    long long pid = 0;
+    if (sscanf(line, "%255s %lld", host, &pid) == 2)
+        snprintf(holder, n, "host %s, pid %lld", host, pid);
+    else /* a holder that has just taken the lock may not have written yet */
+        snprintf(holder, n, "holder unknown");
+}
+
+int ledger_lock_holder(const char *path, char *holder, size_t n)
+{
+    strbuf lock_path = STRBUF_INIT;
+    sb_addf(&lock_path, "%s.lock", path);
+    int fd = open(lock_path.buf, O_RDONLY | O_CLOEXEC);
+    sb_release(&lock_path);
+    if (n > 0)
+        holder[0] = '\0';
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    int rc = 0;
+    if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+        rc = errno == EWOULDBLOCK ? 1 : -1;
+        if (rc == 1)
+            read_holder(fd, holder, n);
+    }
+    close(fd); /* drops the shared lock if it was taken */
+    return rc;
+}
+
 int ledger_lock(ledger *l, errbuf *err)
 {
     if (l->lock_fd >= 0)
@@ -351,19 +385,9 @@ int ledger_lock(ledger *l, errbuf *err)
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         int e = errno;
         if (e == EWOULDBLOCK) {
-            /* The holder wrote "host pid"; a holder that has just taken the
-             * lock may not have written yet, hence the fallback. */
-            char holder[300] = "";
-            ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
-            holder[n > 0 ? n : 0] = '\0';
-            char host[256] = "?";
-            long long pid = 0;
-            if (sscanf(holder, "%255s %lld", host, &pid) == 2)
-                errorf(err, "%s is locked by another run (host %s, pid %lld)", l->path, host,
-                       pid);
-            else
-                errorf(err, "%s is locked by another run (holder unknown, see %s)", l->path,
-                       lock_path.buf);
+            char holder[300];
+            read_holder(fd, holder, sizeof holder);
+            errorf(err, "%s is locked by another run (%s)", l->path, holder);
             close(fd);
             sb_release(&lock_path);
             return LEDGER_LOCKED;

@@ -32,6 +32,7 @@
 #ifndef Q3_LEDGER_H
 #define Q3_LEDGER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -70,6 +71,12 @@ const char *ledger_path(const ledger *l);
  * descriptor is close-on-exec.
  */
 int ledger_lock(ledger *l, errbuf *err);
+
+/* Whether a live process holds the lock of the ledger at path (for status):
+ * 1 with "host H, pid P" in holder, 0 when free (or never taken), -1 on
+ * errors. Probes with a shared flock that it drops at once; a run starting
+ * in that instant of microseconds would see the ledger locked. */
+int ledger_lock_holder(const char *path, char *holder, size_t n);
 
 /* ---- runs ---------------------------------------------------------------- */
 
