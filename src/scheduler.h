@@ -1,5 +1,5 @@
 /*
- * sched.h - the scheduler: from a length-sorted queue of prompts to finished
+ * scheduler.h - the scheduler: from a length-sorted queue of prompts to finished
  * completions, driving an engine (src/engine.h) with continuous batching.
  *
  * The caller (cmd_run) supplies documents in the order it wants them run
@@ -26,8 +26,8 @@
  * Nothing here touches files: the ledger, tokenizer and writer live behind
  * the callbacks, so the scheduler is tested against the CPU engine alone.
  */
-#ifndef Q3_SCHED_H
-#define Q3_SCHED_H
+#ifndef Q3_SCHEDULER_H
+#define Q3_SCHEDULER_H
 
 #include <signal.h>
 #include <stdint.h>

@@ -1,0 +1,717 @@
+/*
+ * cpu_engine.c - the fp32 reference engine (see engine.h).
+ *
+ * Plain C in the llama2.c manner: weights converted to fp32 once, one
+ * function per operation, the forward pass readable top to bottom. All rows
+ * of a step (prompt chunks and decode tokens of many sequences) go through
+ * each layer together, so the weights are read once per step; attention then
+ * looks up each row's own sequence in its KV cache.
+ *
+ * Every output element is a dot product summed in one fixed order whatever
+ * the batch or the thread count, so a sequence gets bit-identical logits
+ * alone or in any batch: the scheduler's batching can never change a
+ * document's text.
+ */
+#include "engine.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct cpu_layer {
+    float *attn_norm, *q_norm, *k_norm, *mlp_norm;
+    float *wq, *wk, *wv, *wo, *wgate, *wup, *wdown; /* [out][in] */
+};
+
+struct cpu_seq {
+    int used;
+    int n;   /* tokens in the cache */
+    int cap; /* rows allocated */
+    float *k, *v; /* [layer][cap][kv_dim] */
+    sample_params sp;
+    int32_t *sampled; /* tokens sampled so far (presence penalty) */
+    int n_sampled, sampled_cap;
+};
+
+/* A parallel-for over [0, n) on a persistent pool. */
+struct pool;
+typedef void (*pool_fn)(void *ctx, int64_t begin, int64_t end);
+
+struct pool_worker {
+    struct pool *p;
+    int index;
+    pthread_t thread;
+};
+
+struct pool {
+    int n_threads;
+    struct pool_worker *workers;
+    pthread_mutex_t mu;
+    pthread_cond_t start, done;
+    uint64_t generation;
+    int pending, quit;
+    pool_fn fn;
+    void *ctx;
+    int64_t n;
+};
+
+typedef struct cpu_engine {
+    eng base;
+    const model *m;
+    model_config c;
+    float *embed, *lm_head, *final_norm; /* lm_head == embed when tied */
+    struct cpu_layer *layers;
+    float *inv_freq;
+    float attn_factor;
+    struct cpu_seq *seqs;
+    int max_seqs;
+    int64_t kv_used, kv_cap;
+    struct pool pool;
+    sample_scratch scratch;
+    /* activations, grown to the largest step */
+    int rows_cap;
+    float *x, *h, *q, *k, *v, *att, *gate, *up, *logits_row;
+    int *row_seq, *row_pos;
+} cpu_engine;
+
+/* ---- thread pool ---- */
+
+static void pool_run_share(struct pool *p, int index)
+{
+    int64_t per = (p->n + p->n_threads - 1) / p->n_threads;
+    int64_t b = per * index, e = b + per < p->n ? b + per : p->n;
+    if (b < e)
+        p->fn(p->ctx, b, e);
+}
+
+static void *pool_main(void *arg)
+{
+    struct pool_worker *w = arg;
+    struct pool *p = w->p;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (p->generation == seen && !p->quit)
+            pthread_cond_wait(&p->start, &p->mu);
+        if (p->quit) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        seen = p->generation;
+        pthread_mutex_unlock(&p->mu);
+        pool_run_share(p, w->index);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static int pool_init(struct pool *p, int n_threads)
+{
+    memset(p, 0, sizeof *p);
+    p->n_threads = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->start, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->workers = calloc((size_t)n_threads, sizeof *p->workers);
+    if (!p->workers)
+        return -1;
+    for (int i = 1; i < n_threads; i++) { /* the caller is worker 0 */
+        p->workers[i] = (struct pool_worker){p, i, 0};
+        if (pthread_create(&p->workers[i].thread, NULL, pool_main, &p->workers[i])) {
+            p->n_threads = i;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void pool_for(struct pool *p, int64_t n, pool_fn fn, void *ctx)
+{
+    if (p->n_threads <= 1 || n < 2) {
+        fn(ctx, 0, n);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->pending = p->n_threads - 1;
+    p->generation++;
+    pthread_cond_broadcast(&p->start);
+    pthread_mutex_unlock(&p->mu);
+    pool_run_share(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void pool_free(struct pool *p)
+{
+    if (!p->workers)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->start);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n_threads; i++)
+        pthread_join(p->workers[i].thread, NULL);
+    free(p->workers);
+    p->workers = NULL;
+}
+
+/* ---- operations ---- */
+
+/* Dot product in a fixed order (8 partial sums), so results do not depend on
+ * which rows share a step. */
+static float dot(const float *a, const float *b, int n)
+{
+    float s[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            s[k] += a[i + k] * b[i + k];
+    float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; i < n; i++)
+        r += a[i] * b[i];
+    return r;
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
+struct matmul_ctx {
+    float *y;       /* [rows][out] */
+    const float *x; /* [rows][in] */
+    const float *w; /* [out][in] */
+    int rows, in, out;
+    int accumulate; /* y += instead of y = */
+};
+
+static void matmul_part(void *arg, int64_t begin, int64_t end)
+{
+    struct matmul_ctx *m = arg;
+    for (int64_t o = begin; o < end; o++) {
+        const float *wr = m->w + o * m->in;
+        for (int r = 0; r < m->rows; r++) {
+            float v = dot(m->x + (int64_t)r * m->in, wr, m->in);
+            float *y = m->y + (int64_t)r * m->out + o;
+            *y = m->accumulate ? *y + v : v;
+        }
+    }
+}
+
+/* y[rows][out] (+)= x[rows][in] W[out][in]^T, split over output columns. */
+static void matmul(cpu_engine *e, float *y, const float *x, const float *w, int rows, int in,
+                   int out, int accumulate)
+{
+    struct matmul_ctx m = {y, x, w, rows, in, out, accumulate};
+    pool_for(&e->pool, out, matmul_part, &m);
+}
+
+/* Rotate-half RoPE on one head vector at position pos. */
+static void rope(const cpu_engine *e, float *v, int pos)
+{
+    int half = e->c.head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float ang = (float)pos * e->inv_freq[i];
+        float c = cosf(ang) * e->attn_factor, s = sinf(ang) * e->attn_factor;
+        float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+struct attn_ctx {
+    cpu_engine *e;
+    int layer;
+};
+
+/* One (row, head) pair per index: causal attention over the row's sequence. */
+static void attn_part(void *arg, int64_t begin, int64_t end)
+{
+    struct attn_ctx *a = arg;
+    cpu_engine *e = a->e;
+    const model_config *c = &e->c;
+    int D = c->head_dim, nh = c->n_heads, group = c->n_heads / c->n_kv_heads;
+    int kv_dim = c->n_kv_heads * D;
+    float scale = 1.0f / sqrtf((float)D);
+    float *scores = NULL;
+    int scores_cap = 0;
+    for (int64_t idx = begin; idx < end; idx++) {
+        int r = (int)(idx / nh), h = (int)(idx % nh), kvh = h / group;
+        struct cpu_seq *s = &e->seqs[e->row_seq[r]];
+        int pos = e->row_pos[r], n = pos + 1;
+        if (n > scores_cap) {
+            scores_cap = n * 2;
+            scores = realloc(scores, sizeof *scores * (size_t)scores_cap);
+        }
+        const float *q = e->q + (int64_t)r * nh * D + h * D;
+        const float *K = s->k + (int64_t)a->layer * s->cap * kv_dim + kvh * D;
+        const float *V = s->v + (int64_t)a->layer * s->cap * kv_dim + kvh * D;
+        float max = -INFINITY;
+        for (int t = 0; t < n; t++) {
+            scores[t] = dot(q, K + (int64_t)t * kv_dim, D) * scale;
+            if (scores[t] > max)
+                max = scores[t];
+        }
+        double sum = 0;
+        for (int t = 0; t < n; t++) {
+            scores[t] = expf(scores[t] - max);
+            sum += scores[t];
+        }
+        float *out = e->att + (int64_t)r * nh * D + h * D;
+        memset(out, 0, sizeof *out * (size_t)D);
+        for (int t = 0; t < n; t++) {
+            float p = (float)(scores[t] / sum);
+            const float *vr = V + (int64_t)t * kv_dim;
+            for (int d = 0; d < D; d++)
+                out[d] += p * vr[d];
+        }
+    }
+    free(scores);
+}
+
+/* ---- memory ---- */
+
+static float *to_f32(const model_tensor *t, int64_t n)
+{
+    float *p = malloc(sizeof *p * (size_t)n);
+    if (p)
+        model_tensor_to_f32(t, 0, n, p);
+    return p;
+}
+
+static float *linear_f32(const model_linear *l)
+{
+    float *p = malloc(sizeof *p * (size_t)(l->in_features * l->out_features));
+    if (p)
+        model_linear_to_f32(l, p);
+    return p;
+}
+
+static int grow_rows(cpu_engine *e, int rows)
+{
+    if (rows <= e->rows_cap)
+        return 0;
+    const model_config *c = &e->c;
+    int cap = rows < 64 ? 64 : rows;
+    size_t H = (size_t)c->hidden_size, Q = (size_t)c->n_heads * c->head_dim,
+           KV = (size_t)c->n_kv_heads * c->head_dim, I = (size_t)c->intermediate_size;
+    float **bufs[] = {&e->x, &e->h, &e->q, &e->k, &e->v, &e->att, &e->gate, &e->up};
+    size_t widths[] = {H, H > Q ? H : Q, Q, KV, KV, Q, I, I};
+    for (int i = 0; i < 8; i++) {
+        float *p = realloc(*bufs[i], sizeof(float) * widths[i] * (size_t)cap);
+        if (!p)
+            return -1;
+        *bufs[i] = p;
+    }
+    int *a = realloc(e->row_seq, sizeof *a * (size_t)cap), *b;
+    if (!a)
+        return -1;
+    e->row_seq = a;
+    if (!(b = realloc(e->row_pos, sizeof *b * (size_t)cap)))
+        return -1;
+    e->row_pos = b;
+    e->rows_cap = cap;
+    return 0;
+}
+
+/* Makes room for `more` tokens in sequence s (layer-major layout, so growing
+ * copies each layer's rows to their new place). */
+static int seq_reserve(cpu_engine *e, struct cpu_seq *s, int more, errbuf *err)
+{
+    int need = s->n + more;
+    if (e->kv_used + more > e->kv_cap)
+        return errorf(err,
+                      "KV cache full: %lld of %lld tokens in use, %d more asked (raise "
+                      "max_kv_tokens or run fewer sequences at once)",
+                      (long long)e->kv_used, (long long)e->kv_cap, more);
+    if (need <= s->cap)
+        return 0;
+    int cap = s->cap ? s->cap : 64;
+    while (cap < need)
+        cap *= 2;
+    size_t kv_dim = (size_t)e->c.n_kv_heads * e->c.head_dim, L = (size_t)e->c.n_layers;
+    float *k = malloc(sizeof *k * L * (size_t)cap * kv_dim);
+    float *v = malloc(sizeof *v * L * (size_t)cap * kv_dim);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return errorf(err, "out of memory for the KV cache");
+    }
+    for (size_t l = 0; l < L && s->n; l++) {
+        memcpy(k + l * cap * kv_dim, s->k + l * s->cap * kv_dim, sizeof *k * s->n * kv_dim);
+        memcpy(v + l * cap * kv_dim, s->v + l * s->cap * kv_dim, sizeof *v * s->n * kv_dim);
+    }
+    free(s->k);
+    free(s->v);
+    s->k = k;
+    s->v = v;
+    s->cap = cap;
+    return 0;
+}
+
+/* ---- the engine API ---- */
+
+static int cpu_seq_add(eng *base, const sample_params *sp, int *seq, errbuf *err)
+{
+    cpu_engine *e = (cpu_engine *)base;
+    for (int i = 0; i < e->max_seqs; i++) {
+        struct cpu_seq *s = &e->seqs[i];
+        if (s->used)
+            continue;
+        free(s->k);
+        free(s->v);
+        free(s->sampled);
+        memset(s, 0, sizeof *s);
+        s->used = 1;
+        s->sp = *sp;
+        *seq = i;
+        return 0;
+    }
+    return errorf(err, "all %d sequence slots are in use", e->max_seqs);
+}
+
+static void cpu_seq_release(eng *base, int seq)
+{
+    cpu_engine *e = (cpu_engine *)base;
+    if (seq < 0 || seq >= e->max_seqs || !e->seqs[seq].used)
+        return;
+    struct cpu_seq *s = &e->seqs[seq];
+    e->kv_used -= s->n;
+    free(s->k);
+    free(s->v);
+    free(s->sampled);
+    memset(s, 0, sizeof *s);
+}
+
+static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *sp, int *seq,
+                        errbuf *err)
+{
+    cpu_engine *e = (cpu_engine *)base;
+    if (src < 0 || src >= e->max_seqs || !e->seqs[src].used || n_prefix > e->seqs[src].n ||
+        n_prefix < 0)
+        return errorf(err, "fork: sequence %d does not hold %d tokens", src, n_prefix);
+    if (cpu_seq_add(base, sp, seq, err))
+        return -1;
+    struct cpu_seq *s = &e->seqs[*seq], *from = &e->seqs[src];
+    if (seq_reserve(e, s, n_prefix, err)) {
+        cpu_seq_release(base, *seq);
+        return -1;
+    }
+    size_t kv_dim = (size_t)e->c.n_kv_heads * e->c.head_dim;
+    for (size_t l = 0; l < (size_t)e->c.n_layers; l++) {
+        memcpy(s->k + l * s->cap * kv_dim, from->k + l * from->cap * kv_dim,
+               sizeof(float) * n_prefix * kv_dim);
+        memcpy(s->v + l * s->cap * kv_dim, from->v + l * from->cap * kv_dim,
+               sizeof(float) * n_prefix * kv_dim);
+    }
+    s->n = n_prefix;
+    e->kv_used += n_prefix;
+    return 0;
+}
+
+struct lm_ctx {
+    cpu_engine *e;
+    const int *rows; /* rows needing logits */
+    int n_rows;
+    float *out; /* [n_rows][vocab] */
+};
+
+static void lm_part(void *arg, int64_t begin, int64_t end)
+{
+    struct lm_ctx *l = arg;
+    cpu_engine *e = l->e;
+    int H = e->c.hidden_size, V = e->c.vocab_size;
+    for (int64_t o = begin; o < end; o++) {
+        const float *w = e->lm_head + o * H;
+        for (int i = 0; i < l->n_rows; i++)
+            l->out[(int64_t)i * V + o] = dot(e->h + (int64_t)l->rows[i] * H, w, H);
+    }
+}
+
+static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits_out,
+                    int32_t *sampled, errbuf *err)
+{
+    cpu_engine *e = (cpu_engine *)base;
+    const model_config *c = &e->c;
+    int H = c->hidden_size, D = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    int Q = nh * D, KV = nkv * D, I = c->intermediate_size, V = c->vocab_size;
+
+    /* Validate everything before touching any state. */
+    int rows = 0;
+    int64_t more = 0;
+    for (int i = 0; i < n_items; i++) {
+        const eng_item *it = &items[i];
+        if (it->seq < 0 || it->seq >= e->max_seqs || !e->seqs[it->seq].used)
+            return errorf(err, "step: item %d names no live sequence", i);
+        if (it->n_tokens < 1)
+            return errorf(err, "step: item %d has no tokens", i);
+        for (int k = 0; k < i; k++)
+            if (items[k].seq == it->seq)
+                return errorf(err, "step: sequence %d appears twice", it->seq);
+        for (int t = 0; t < it->n_tokens; t++)
+            if (it->tokens[t] < 0 || it->tokens[t] >= V)
+                return errorf(err, "step: token id %d out of range (vocab %d)", it->tokens[t], V);
+        rows += it->n_tokens;
+        more += it->n_tokens;
+    }
+    if (e->kv_used + more > e->kv_cap)
+        return errorf(err, "KV cache full: %lld of %lld tokens in use, %lld more asked",
+                      (long long)e->kv_used, (long long)e->kv_cap, (long long)more);
+    if (grow_rows(e, rows))
+        return errorf(err, "out of memory for activations");
+    for (int i = 0; i < n_items; i++)
+        if (seq_reserve(e, &e->seqs[items[i].seq], items[i].n_tokens, err))
+            return -1;
+
+    /* Rows: embeddings and where each goes. */
+    int r = 0;
+    for (int i = 0; i < n_items; i++) {
+        struct cpu_seq *s = &e->seqs[items[i].seq];
+        for (int t = 0; t < items[i].n_tokens; t++, r++) {
+            memcpy(e->x + (int64_t)r * H, e->embed + (int64_t)items[i].tokens[t] * H,
+                   sizeof(float) * H);
+            e->row_seq[r] = items[i].seq;
+            e->row_pos[r] = s->n + t;
+        }
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        struct cpu_layer *L = &e->layers[l];
+        for (int i = 0; i < rows; i++)
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H,
+                    c->rms_norm_eps);
+        matmul(e, e->q, e->h, L->wq, rows, H, Q, 0);
+        matmul(e, e->k, e->h, L->wk, rows, H, KV, 0);
+        matmul(e, e->v, e->h, L->wv, rows, H, KV, 0);
+        for (int i = 0; i < rows; i++) {
+            for (int h = 0; h < nh; h++) {
+                float *q = e->q + (int64_t)i * Q + h * D;
+                rmsnorm(q, q, L->q_norm, D, c->rms_norm_eps);
+                rope(e, q, e->row_pos[i]);
+            }
+            struct cpu_seq *s = &e->seqs[e->row_seq[i]];
+            float *kc = s->k + ((int64_t)l * s->cap + e->row_pos[i]) * KV;
+            float *vc = s->v + ((int64_t)l * s->cap + e->row_pos[i]) * KV;
+            for (int h = 0; h < nkv; h++) {
+                float *k = e->k + (int64_t)i * KV + h * D;
+                rmsnorm(k, k, L->k_norm, D, c->rms_norm_eps);
+                rope(e, k, e->row_pos[i]);
+            }
+            memcpy(kc, e->k + (int64_t)i * KV, sizeof(float) * KV);
+            memcpy(vc, e->v + (int64_t)i * KV, sizeof(float) * KV);
+        }
+        struct attn_ctx actx = {e, l};
+        pool_for(&e->pool, (int64_t)rows * nh, attn_part, &actx);
+        matmul(e, e->x, e->att, L->wo, rows, Q, H, 1);
+
+        for (int i = 0; i < rows; i++)
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H,
+                    c->rms_norm_eps);
+        matmul(e, e->gate, e->h, L->wgate, rows, H, I, 0);
+        matmul(e, e->up, e->h, L->wup, rows, H, I, 0);
+        for (int64_t i = 0; i < (int64_t)rows * I; i++) {
+            float g = e->gate[i];
+            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i];
+        }
+        matmul(e, e->x, e->gate, L->wdown, rows, I, H, 1);
+    }
+    for (int i = 0; i < n_items; i++) {
+        e->seqs[items[i].seq].n += items[i].n_tokens;
+        e->kv_used += items[i].n_tokens;
+    }
+
+    /* Logits only for the rows that need them. */
+    int *need = malloc(sizeof *need * (size_t)rows);
+    int n_need = 0;
+    r = 0;
+    for (int i = 0; i < n_items; i++) {
+        const eng_item *it = &items[i];
+        for (int t = 0; t < it->n_tokens; t++, r++) {
+            int last = t == it->n_tokens - 1;
+            if (it->logits == ENG_LOGITS_ALL || (last && (it->logits == ENG_LOGITS_LAST || it->sample)))
+                need[n_need++] = r;
+        }
+    }
+    for (int i = 0; i < n_need; i++)
+        rmsnorm(e->h + (int64_t)need[i] * H, e->x + (int64_t)need[i] * H, e->final_norm, H,
+                c->rms_norm_eps);
+    float *lg = malloc(sizeof *lg * (size_t)(n_need ? n_need : 1) * V);
+    if (!need || !lg) {
+        free(need);
+        free(lg);
+        return errorf(err, "out of memory for logits");
+    }
+    struct lm_ctx lctx = {e, need, n_need, lg};
+    pool_for(&e->pool, V, lm_part, &lctx);
+
+    /* Hand out logits and samples in item order. */
+    int k = 0, n_out = 0, n_samp = 0;
+    r = 0;
+    for (int i = 0; i < n_items; i++) {
+        const eng_item *it = &items[i];
+        int first_row = k;
+        for (int t = 0; t < it->n_tokens; t++, r++) {
+            int last = t == it->n_tokens - 1;
+            int has = it->logits == ENG_LOGITS_ALL || (last && (it->logits == ENG_LOGITS_LAST || it->sample));
+            if (!has)
+                continue;
+            if (logits_out && (it->logits == ENG_LOGITS_ALL || (last && it->logits == ENG_LOGITS_LAST)))
+                memcpy(logits_out + (int64_t)n_out++ * V, lg + (int64_t)k * V, sizeof(float) * V);
+            k++;
+        }
+        (void)first_row;
+        if (it->sample) {
+            struct cpu_seq *s = &e->seqs[it->seq];
+            float *row = lg + (int64_t)(k - 1) * V;
+            int n_valid = e->base.opts.n_valid_vocab > 0 && e->base.opts.n_valid_vocab < V
+                              ? e->base.opts.n_valid_vocab
+                              : V;
+            int32_t tok = sample_token(&s->sp, row, n_valid, s->sampled, s->n_sampled,
+                                       (uint64_t)s->n_sampled, &e->scratch);
+            if (s->n_sampled == s->sampled_cap) {
+                int cap = s->sampled_cap ? s->sampled_cap * 2 : 64;
+                int32_t *p = realloc(s->sampled, sizeof *p * (size_t)cap);
+                if (!p) {
+                    free(need);
+                    free(lg);
+                    return errorf(err, "out of memory");
+                }
+                s->sampled = p;
+                s->sampled_cap = cap;
+            }
+            s->sampled[s->n_sampled++] = tok;
+            if (sampled)
+                sampled[n_samp] = tok;
+            n_samp++;
+        }
+    }
+    free(need);
+    free(lg);
+    return 0;
+}
+
+static int64_t cpu_kv_free(const eng *base)
+{
+    const cpu_engine *e = (const cpu_engine *)base;
+    return e->kv_cap - e->kv_used;
+}
+
+static void cpu_close(eng *base)
+{
+    cpu_engine *e = (cpu_engine *)base;
+    pool_free(&e->pool);
+    if (e->layers)
+        for (int l = 0; l < e->c.n_layers; l++) {
+            struct cpu_layer *L = &e->layers[l];
+            float *ps[] = {L->attn_norm, L->q_norm, L->k_norm, L->mlp_norm, L->wq, L->wk,
+                           L->wv, L->wo, L->wgate, L->wup, L->wdown};
+            for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+                free(ps[i]);
+        }
+    free(e->layers);
+    if (e->lm_head != e->embed)
+        free(e->lm_head);
+    free(e->embed);
+    free(e->final_norm);
+    free(e->inv_freq);
+    if (e->seqs)
+        for (int i = 0; i < e->max_seqs; i++) {
+            free(e->seqs[i].k);
+            free(e->seqs[i].v);
+            free(e->seqs[i].sampled);
+        }
+    free(e->seqs);
+    sample_scratch_free(&e->scratch);
+    float *bufs[] = {e->x, e->h, e->q, e->k, e->v, e->att, e->gate, e->up};
+    for (int i = 0; i < 8; i++)
+        free(bufs[i]);
+    free(e->row_seq);
+    free(e->row_pos);
+    free(e);
+}
+
+static const struct eng_vtable cpu_vtable = {
+    .seq_add = cpu_seq_add,
+    .seq_fork = cpu_seq_fork,
+    .seq_release = cpu_seq_release,
+    .step = cpu_step,
+    .kv_free_tokens = cpu_kv_free,
+    .close = cpu_close,
+};
+
+int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *err)
+{
+    *out = NULL;
+    cpu_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return errorf(err, "out of memory");
+    e->base.vt = &cpu_vtable;
+    e->base.cfg = &m->cfg;
+    e->base.opts = *opts;
+    e->base.backend_name = "cpu";
+    e->m = m;
+    e->c = m->cfg;
+    const model_config *c = &e->c;
+    int n_threads = opts->n_threads > 0 ? opts->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_threads < 1)
+        n_threads = 1;
+    e->max_seqs = opts->max_seqs > 0 ? opts->max_seqs : 64;
+    /* Default cache: 131072 tokens (a full prefill batch) or 4 GiB of fp32
+     * K and V, whichever is smaller. */
+    int64_t per_token = (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * sizeof(float);
+    int64_t by_memory = ((int64_t)4 << 30) / per_token;
+    e->kv_cap = opts->max_kv_tokens > 0 ? opts->max_kv_tokens
+                : by_memory < 131072 ? by_memory : 131072;
+    e->base.opts.backend = ENG_BACKEND_CPU;
+    e->base.opts.n_threads = n_threads;
+    e->base.opts.max_seqs = e->max_seqs;
+    e->base.opts.max_kv_tokens = e->kv_cap;
+    if (e->base.opts.max_step_tokens <= 0)
+        e->base.opts.max_step_tokens = 2048; /* bounds activation memory */
+    e->seqs = calloc((size_t)e->max_seqs, sizeof *e->seqs);
+    e->layers = calloc((size_t)c->n_layers, sizeof *e->layers);
+    e->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
+    int64_t H = c->hidden_size, D = c->head_dim;
+    e->embed = to_f32(&m->embed, (int64_t)c->vocab_size * H);
+    e->lm_head = c->tie_word_embeddings ? e->embed : to_f32(&m->lm_head, (int64_t)c->vocab_size * H);
+    e->final_norm = to_f32(&m->final_norm, H);
+    int ok = e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head && e->final_norm;
+    for (int l = 0; ok && l < c->n_layers; l++) {
+        const model_layer *ml = &m->layers[l];
+        struct cpu_layer *L = &e->layers[l];
+        L->attn_norm = to_f32(&ml->attn_norm, H);
+        L->mlp_norm = to_f32(&ml->mlp_norm, H);
+        L->q_norm = to_f32(&ml->q_norm, D);
+        L->k_norm = to_f32(&ml->k_norm, D);
+        L->wq = linear_f32(&ml->q);
+        L->wk = linear_f32(&ml->k);
+        L->wv = linear_f32(&ml->v);
+        L->wo = linear_f32(&ml->o);
+        L->wgate = linear_f32(&ml->gate);
+        L->wup = linear_f32(&ml->up);
+        L->wdown = linear_f32(&ml->down);
+        ok = L->attn_norm && L->mlp_norm && L->q_norm && L->k_norm && L->wq && L->wk && L->wv &&
+             L->wo && L->wgate && L->wup && L->wdown;
+    }
+    if (!ok || sample_scratch_init(&e->scratch, c->vocab_size) || pool_init(&e->pool, n_threads)) {
+        cpu_close(&e->base);
+        return errorf(err, "out of memory loading the model for the CPU engine");
+    }
+    model_rope_inv_freq(c, e->inv_freq, &e->attn_factor);
+    *out = &e->base;
+    return 0;
+}
