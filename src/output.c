@@ -350,6 +350,11 @@ void out_close(out *o)
 {
     if (!o)
         return;
+    /* The ledger switched configuration after out_open and no document was
+     * written since: bring the file in line now rather than at the next
+     * out_open. A failure here is repaired by that out_open. */
+    if (o->fd >= 0 && ledger_config_gen(o->l) != o->config_gen)
+        regenerate(o, NULL);
     if (o->fd >= 0)
         close(o->fd);
     sb_release(&o->line);

@@ -54,7 +54,10 @@ typedef struct out out;
 int out_open(out **o, const char *path, ledger *l, enum out_format format, int include_reasoning,
              int *regenerated, errbuf *err);
 
-/* Closes the file (its content is already durable). NULL is harmless. */
+/* Closes the file (its content is already durable). If the ledger switched
+ * configuration since out_open (ledger_run_begin with a new hash) and no
+ * line was written since, the file is rebuilt for the new configuration
+ * first. NULL is harmless. */
 void out_close(out *o);
 
 /* The committed size of the file: where the next line goes. */

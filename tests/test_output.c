@@ -361,6 +361,14 @@ static void test_config_change(void)
     CHECK(file_equals_export(l, jpath, OUT_JSONL, 0));
     out_close(o);
 
+    /* Switch after out_open with nothing written: out_close rebuilds. */
+    CHECK(out_open(&o, jpath, l, OUT_JSONL, 0, &regen, &err) == 0);
+    CHECK_INT_EQ(regen, 0);
+    CHECK(ledger_run_begin(l, "B", "cpu", "1", &run, &err) == 0);
+    out_close(o);
+    CHECK_INT_EQ(count_lines(jpath), 1);
+    CHECK(file_equals_export(l, jpath, OUT_JSONL, 0));
+
     /* A configuration without any done document: an empty file. */
     CHECK(ledger_run_begin(l, "C", "cpu", "1", &run, &err) == 0);
     CHECK(out_open(&o, jpath, l, OUT_JSONL, 0, &regen, &err) == 0);
