@@ -138,7 +138,8 @@ int ledger_rollback(ledger *l, errbuf *err);
 int ledger_has_key(ledger *l, const char *key, int *found, errbuf *err);
 
 /* Adds a pending document with its prompt ids (copied, stored as int32
- * little-endian; prompt_tokens = n_ids). INSERT OR IGNORE: a key already in
+ * little-endian; prompt_tokens = n_ids). It belongs to the current
+ * configuration (begin the run first, see ledger_run_begin). INSERT OR IGNORE: a key already in
  * the ledger is left exactly as it is (done stays done). doc_id and source
  * may not be NULL. */
 int ledger_add_pending(ledger *l, const char *key, const char *doc_id, const char *source,

@@ -17,6 +17,9 @@
  *      done document renders to (edited file, changed format), out_open
  *      rewrites it from the ledger (to "<path>.tmp", fsync, rename) and
  *      records the new offsets in the ledger.
+ *      The file holds the documents of the ledger's current configuration
+ *      (see ledger.h): after a run begins with a new one, the file is
+ *      rebuilt (by out_open, the next out_write_doc, or out_close).
  * out_finish_doc does 1 and 2 in one call and, if the ledger commit fails,
  * cuts the line off again, so a caller cannot get them out of step.
  * Failed documents are not written (they are in the ledger and in status).
