@@ -139,9 +139,9 @@ int ledger_has_key(ledger *l, const char *key, int *found, errbuf *err);
 
 /* Adds a pending document with its prompt ids (copied, stored as int32
  * little-endian; prompt_tokens = n_ids). It belongs to the current
- * configuration (begin the run first, see ledger_run_begin). INSERT OR IGNORE: a key already in
- * the ledger is left exactly as it is (done stays done). doc_id and source
- * may not be NULL. */
+ * configuration (begin the run first, see ledger_run_begin). INSERT OR
+ * IGNORE: a key already in the ledger is left exactly as it is (done stays
+ * done). doc_id and source may not be NULL. */
 int ledger_add_pending(ledger *l, const char *key, const char *doc_id, const char *source,
                        const int32_t *ids, int n_ids, errbuf *err);
 
