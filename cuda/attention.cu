@@ -1,0 +1,279 @@
+/*
+ * attention.cu - causal attention over the paged KV cache, for prefill and
+ * decode alike (flash-attention 2 style, mma.sync on fp16, fp32 softmax).
+ *
+ * A block takes a tile of "rows": row r of a sequence's step is token r / G
+ * and query head kv_head * G + r % G, so the G query heads that share one KV
+ * head (GQA) are processed together and each K/V tile loaded into shared
+ * memory serves all of them. Prefill tiles are 64 rows (4 warps); decode
+ * tiles are 16 rows (1 warp) and split the keys over several blocks
+ * (flash-decoding) whose partial results a second kernel merges, so a
+ * handful of long sequences still fills the GPU. int8 pages are dequantized
+ * while staging a tile. The host (cuda_engine.c) builds the work lists once
+ * per step; every layer reuses them.
+ */
+#include "common.cuh"
+
+#include <math.h>
+
+#define ATT_KB 64
+
+template <int D, int WARPS, bool I8>
+__global__ void __launch_bounds__(WARPS * 32)
+    attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
+                const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
+                const int32_t *__restrict__ pages, cu_kv kv, int layer, int n_heads,
+                float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse)
+{
+    constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
+    __shared__ __align__(16) __half sK[KB * LDS];
+    __shared__ __align__(16) __half sV[KB * LDS];
+    const cu_attn_work w = works[blockIdx.x];
+    const cu_attn_seg sg = segs[w.seg];
+    const int G = n_heads / kv.n_kv_heads;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int rows_total = sg.n_tok * G;
+    const int r0 = w.row0 + warp * 16 + g, r1 = r0 + 8;
+    const int pos0 = r0 < rows_total ? sg.pos0 + r0 / G : -1;
+    const int pos1 = r1 < rows_total ? sg.pos0 + r1 / G : -1;
+    const __half *q0 = r0 < rows_total
+                           ? q + ((int64_t)(sg.tok0 + r0 / G) * n_heads + w.kv_head * G + r0 % G) * D
+                           : nullptr;
+    const __half *q1 = r1 < rows_total
+                           ? q + ((int64_t)(sg.tok0 + r1 / G) * n_heads + w.kv_head * G + r1 % G) * D
+                           : nullptr;
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        qf[ks][0] = q0 ? *reinterpret_cast<const uint32_t *>(q0 + ks * 16 + 2 * tq) : 0u;
+        qf[ks][1] = q1 ? *reinterpret_cast<const uint32_t *>(q1 + ks * 16 + 2 * tq) : 0u;
+        qf[ks][2] = q0 ? *reinterpret_cast<const uint32_t *>(q0 + ks * 16 + 8 + 2 * tq) : 0u;
+        qf[ks][3] = q1 ? *reinterpret_cast<const uint32_t *>(q1 + ks * 16 + 8 + 2 * tq) : 0u;
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int kb = w.key_begin; kb < w.key_end; kb += KB) {
+        __syncthreads();
+        for (int c = threadIdx.x; c < KB * CH; c += NT) {
+            const int key = c / CH, dc = c % CH, kpos = kb + key;
+            uint4 kvec = make_uint4(0, 0, 0, 0), vvec = make_uint4(0, 0, 0, 0);
+            if (kpos < w.key_end) {
+                const int page = pages[sg.page0 + kpos / kv.page_size], off = kpos % kv.page_size;
+                const int64_t rowK = (((int64_t)page * kv.n_layers + layer) * 2) * kv.n_kv_heads + w.kv_head;
+                const int64_t rowV = rowK + kv.n_kv_heads;
+                if (!I8) {
+                    const __half *base = (const __half *)kv.data;
+                    kvec = *reinterpret_cast<const uint4 *>(base + (rowK * kv.page_size + off) * D + dc * 8);
+                    vvec = *reinterpret_cast<const uint4 *>(base + (rowV * kv.page_size + off) * D + dc * 8);
+                } else {
+                    const int8_t *base = (const int8_t *)kv.data;
+                    const __half *sc = (const __half *)kv.scales;
+                    uint2 kq = *reinterpret_cast<const uint2 *>(base + (rowK * kv.page_size + off) * D + dc * 8);
+                    uint2 vq = *reinterpret_cast<const uint2 *>(base + (rowV * kv.page_size + off) * D + dc * 8);
+                    float ksc = __half2float(sc[rowK * kv.page_size + off]);
+                    float vsc = __half2float(sc[rowV * kv.page_size + off]);
+                    const int8_t *kb8 = reinterpret_cast<const int8_t *>(&kq);
+                    const int8_t *vb8 = reinterpret_cast<const int8_t *>(&vq);
+                    uint32_t *kw = reinterpret_cast<uint32_t *>(&kvec);
+                    uint32_t *vw = reinterpret_cast<uint32_t *>(&vvec);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        kw[i] = pack_half2((float)kb8[2 * i] * ksc, (float)kb8[2 * i + 1] * ksc);
+                        vw[i] = pack_half2((float)vb8[2 * i] * vsc, (float)vb8[2 * i + 1] * vsc);
+                    }
+                }
+            }
+            *reinterpret_cast<uint4 *>(sK + key * LDS + dc * 8) = kvec;
+            *reinterpret_cast<uint4 *>(sV + key * LDS + dc * 8) = vvec;
+        }
+        __syncthreads();
+
+        float s[KB / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < KB / 8; nt++)
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks += 2)
+#pragma unroll
+            for (int nt = 0; nt < KB / 8; nt++) {
+                uint32_t b[4];
+                ldmatrix_x4(b, sK + (nt * 8 + (lane & 7)) * LDS + ks * 16 + (lane >> 3) * 8);
+                mma_16816(s[nt], qf[ks], b[0], b[1]);
+                mma_16816(s[nt], qf[ks + 1], b[2], b[3]);
+            }
+
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < KB / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = kb + nt * 8 + 2 * tq + (e & 1);
+                const int p = e < 2 ? pos0 : pos1;
+                const bool ok = key < w.key_end && key <= p;
+                const float v = ok ? s[nt][e] * scale_log2 : -INFINITY;
+                s[nt][e] = v;
+                if (e < 2)
+                    mx0 = fmaxf(mx0, v);
+                else
+                    mx1 = fmaxf(mx1, v);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(Q3_FULL_MASK, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(Q3_FULL_MASK, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(Q3_FULL_MASK, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(Q3_FULL_MASK, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - mn0);
+        const float c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - mn1);
+        const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+        float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < KB / 8; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - b0);
+            s[nt][1] = exp2f(s[nt][1] - b0);
+            s[nt][2] = exp2f(s[nt][2] - b1);
+            s[nt][3] = exp2f(s[nt][3] - b1);
+            ls0 += s[nt][0] + s[nt][1];
+            ls1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * c0 + ls0;
+        l1 = l1 * c1 + ls1;
+        m0 = mn0;
+        m1 = mn1;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            o[i][0] *= c0;
+            o[i][1] *= c0;
+            o[i][2] *= c1;
+            o[i][3] *= c1;
+        }
+#pragma unroll
+        for (int j = 0; j < KB / 16; j++) {
+            uint32_t a[4] = {pack_half2(s[2 * j][0], s[2 * j][1]), pack_half2(s[2 * j][2], s[2 * j][3]),
+                             pack_half2(s[2 * j + 1][0], s[2 * j + 1][1]),
+                             pack_half2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, sV + (j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
+                                         (dt + (lane >> 4)) * 8);
+                mma_16816(o[dt], a, b[0], b[1]);
+                mma_16816(o[dt + 1], a, b[2], b[3]);
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(Q3_FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(Q3_FULL_MASK, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    if (w.part < 0) {
+        __half *d0 = q0 ? out + ((int64_t)(sg.tok0 + r0 / G) * n_heads + w.kv_head * G + r0 % G) * D : nullptr;
+        __half *d1 = q1 ? out + ((int64_t)(sg.tok0 + r1 / G) * n_heads + w.kv_head * G + r1 % G) * D : nullptr;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            if (d0)
+                *reinterpret_cast<__half2 *>(d0 + dt * 8 + 2 * tq) = __floats2half2_rn(o[dt][0] * inv0, o[dt][1] * inv0);
+            if (d1)
+                *reinterpret_cast<__half2 *>(d1 + dt * 8 + 2 * tq) = __floats2half2_rn(o[dt][2] * inv1, o[dt][3] * inv1);
+        }
+    } else {
+        /* WARPS == 1: 16 rows per part. */
+        float *p0 = part_o + ((int64_t)w.part * 16 + g) * D, *p1 = p0 + 8 * D;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            *reinterpret_cast<float2 *>(p0 + dt * 8 + 2 * tq) = make_float2(o[dt][0] * inv0, o[dt][1] * inv0);
+            *reinterpret_cast<float2 *>(p1 + dt * 8 + 2 * tq) = make_float2(o[dt][2] * inv1, o[dt][3] * inv1);
+        }
+        if (tq == 0) {
+            part_lse[(int64_t)w.part * 16 + g] = l0 > 0.0f ? m0 + log2f(l0) : -INFINITY;
+            part_lse[(int64_t)w.part * 16 + g + 8] = l1 > 0.0f ? m1 + log2f(l1) : -INFINITY;
+        }
+    }
+}
+
+/* One block per combine entry: 16 rows, D columns, n_parts partial results. */
+template <int D>
+__global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg *__restrict__ segs,
+                                    const cu_attn_combine *__restrict__ comb, int n_heads,
+                                    int n_kv_heads, const float *__restrict__ part_o,
+                                    const float *__restrict__ part_lse)
+{
+    const cu_attn_combine c = comb[blockIdx.x];
+    const cu_attn_seg sg = segs[c.seg];
+    const int G = n_heads / n_kv_heads;
+    const int rows_total = sg.n_tok * G;
+    for (int rr = threadIdx.x / 32; rr < 16; rr += blockDim.x / 32) {
+        const int r = c.row0 + rr;
+        if (r >= rows_total)
+            continue;
+        float mx = -INFINITY;
+        for (int p = 0; p < c.n_parts; p++)
+            mx = fmaxf(mx, part_lse[(int64_t)(c.part0 + p) * 16 + rr]);
+        float acc[D / 32];
+#pragma unroll
+        for (int i = 0; i < D / 32; i++)
+            acc[i] = 0.0f;
+        float wsum = 0.0f;
+        for (int p = 0; p < c.n_parts; p++) {
+            const float lse = part_lse[(int64_t)(c.part0 + p) * 16 + rr];
+            const float wgt = lse == -INFINITY ? 0.0f : exp2f(lse - mx);
+            wsum += wgt;
+            const float *po = part_o + ((int64_t)(c.part0 + p) * 16 + rr) * D;
+#pragma unroll
+            for (int i = 0; i < D / 32; i++)
+                acc[i] += wgt * po[(threadIdx.x & 31) + 32 * i];
+        }
+        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+        __half *dst = out + ((int64_t)(sg.tok0 + r / G) * n_heads + c.kv_head * G + r % G) * D;
+#pragma unroll
+        for (int i = 0; i < D / 32; i++)
+            dst[(threadIdx.x & 31) + 32 * i] = __float2half(acc[i] * inv);
+    }
+}
+
+template <int D, bool I8>
+static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
+                        const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
+                        int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
+                        float *part_o, float *part_lse, cudaStream_t s)
+{
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    if (n_large > 0)
+        attn_kernel<D, 4, I8><<<n_large, 128, 0, s>>>(q, out, segs, w_large, pages, kv, layer,
+                                                      n_heads, scale_log2, part_o, part_lse);
+    if (n_small > 0)
+        attn_kernel<D, 1, I8><<<n_small, 32, 0, s>>>(q, out, segs, w_small, pages, kv, layer,
+                                                     n_heads, scale_log2, part_o, part_lse);
+}
+
+extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
+                                    const cu_attn_work *w_small, int n_small,
+                                    const cu_attn_work *w_large, int n_large,
+                                    const cu_attn_combine *comb, int n_comb, const int32_t *pages,
+                                    cu_kv kv, int layer, int n_heads, float *part_o,
+                                    float *part_lse, cudaStream_t s)
+{
+    const __half *qh = (const __half *)q;
+    __half *oh = (__half *)out;
+    if (n_heads % kv.n_kv_heads)
+        return cudaErrorInvalidValue;
+    switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
+    case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
+    case 129: launch_attn<64, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
+    case 256: launch_attn<128, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
+    case 257: launch_attn<128, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
+    default: return cudaErrorInvalidValue;
+    }
+    if (n_comb > 0) {
+        if (kv.head_dim == 64)
+            attn_combine_kernel<64><<<n_comb, 128, 0, s>>>(oh, segs, comb, n_heads, kv.n_kv_heads, part_o, part_lse);
+        else
+            attn_combine_kernel<128><<<n_comb, 128, 0, s>>>(oh, segs, comb, n_heads, kv.n_kv_heads, part_o, part_lse);
+    }
+    return cudaGetLastError();
+}
