@@ -26,9 +26,18 @@ __global__ void __launch_bounds__(WARPS * 32)
                 float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse)
 {
     constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
-    __shared__ __align__(16) __half sK[KB * LDS];
-    __shared__ __align__(16) __half sV[KB * LDS];
+    /* Dynamic shared memory (attn_smem_bytes): K and V tiles in fp16; int8
+     * pages land in sK8/sV8 first and become fp16 in sK/sV. */
+    extern __shared__ __align__(16) unsigned char smem[];
+    __half *sK = reinterpret_cast<__half *>(smem);
+    __half *sV = sK + KB * LDS;
+    int8_t *sK8 = reinterpret_cast<int8_t *>(sV + KB * LDS);
+    int8_t *sV8 = sK8 + KB * D;
+    float *sKs = reinterpret_cast<float *>(sV8 + KB * D);
+    float *sVs = sKs + KB;
     const cu_attn_work w = works[blockIdx.x];
+    if (w.seg < 0)
+        return; /* padding of a fixed grid (CUDA graphs) */
     const cu_attn_seg sg = segs[w.seg];
     const int G = n_heads / kv.n_kv_heads;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -58,39 +67,49 @@ __global__ void __launch_bounds__(WARPS * 32)
 
     for (int kb = w.key_begin; kb < w.key_end; kb += KB) {
         __syncthreads();
+        /* Stage the K and V tile with every copy in flight at once (cp.async);
+         * keys past the range are zero-filled so that 0 * V stays 0. */
         for (int c = threadIdx.x; c < KB * CH; c += NT) {
             const int key = c / CH, dc = c % CH, kpos = kb + key;
-            uint4 kvec = make_uint4(0, 0, 0, 0), vvec = make_uint4(0, 0, 0, 0);
-            if (kpos < w.key_end) {
-                const int page = pages[sg.page0 + kpos / kv.page_size], off = kpos % kv.page_size;
-                const int64_t rowK = (((int64_t)page * kv.n_layers + layer) * 2) * kv.n_kv_heads + w.kv_head;
-                const int64_t rowV = rowK + kv.n_kv_heads;
-                if (!I8) {
-                    const __half *base = (const __half *)kv.data;
-                    kvec = *reinterpret_cast<const uint4 *>(base + (rowK * kv.page_size + off) * D + dc * 8);
-                    vvec = *reinterpret_cast<const uint4 *>(base + (rowV * kv.page_size + off) * D + dc * 8);
-                } else {
-                    const int8_t *base = (const int8_t *)kv.data;
+            const bool ok = kpos < w.key_end;
+            const int page = ok ? pages[sg.page0 + kpos / kv.page_size] : 0;
+            const int off = ok ? kpos % kv.page_size : 0;
+            const int64_t rowK = (((int64_t)page * kv.n_layers + layer) * 2) * kv.n_kv_heads + w.kv_head;
+            const int64_t rowV = rowK + kv.n_kv_heads;
+            if (!I8) {
+                const __half *base = (const __half *)kv.data;
+                cp_async16(sK + key * LDS + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
+                cp_async16(sV + key * LDS + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
+            } else {
+                const int8_t *base = (const int8_t *)kv.data;
+                cp_async8(sK8 + key * D + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
+                cp_async8(sV8 + key * D + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
+                if (dc == 0) {
                     const __half *sc = (const __half *)kv.scales;
-                    uint2 kq = *reinterpret_cast<const uint2 *>(base + (rowK * kv.page_size + off) * D + dc * 8);
-                    uint2 vq = *reinterpret_cast<const uint2 *>(base + (rowV * kv.page_size + off) * D + dc * 8);
-                    float ksc = __half2float(sc[rowK * kv.page_size + off]);
-                    float vsc = __half2float(sc[rowV * kv.page_size + off]);
-                    const int8_t *kb8 = reinterpret_cast<const int8_t *>(&kq);
-                    const int8_t *vb8 = reinterpret_cast<const int8_t *>(&vq);
-                    uint32_t *kw = reinterpret_cast<uint32_t *>(&kvec);
-                    uint32_t *vw = reinterpret_cast<uint32_t *>(&vvec);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        kw[i] = pack_half2((float)kb8[2 * i] * ksc, (float)kb8[2 * i + 1] * ksc);
-                        vw[i] = pack_half2((float)vb8[2 * i] * vsc, (float)vb8[2 * i + 1] * vsc);
-                    }
+                    sKs[key] = ok ? __half2float(sc[rowK * kv.page_size + off]) : 0.0f;
+                    sVs[key] = ok ? __half2float(sc[rowV * kv.page_size + off]) : 0.0f;
                 }
             }
-            *reinterpret_cast<uint4 *>(sK + key * LDS + dc * 8) = kvec;
-            *reinterpret_cast<uint4 *>(sV + key * LDS + dc * 8) = vvec;
         }
+        cp_async_wait_all();
         __syncthreads();
+        if (I8) {
+            for (int c = threadIdx.x; c < KB * CH; c += NT) {
+                const int key = c / CH, dc = c % CH;
+                const int8_t *kb8 = sK8 + key * D + dc * 8, *vb8 = sV8 + key * D + dc * 8;
+                const float ksc = sKs[key], vsc = sVs[key];
+                uint4 kvec, vvec;
+                uint32_t *kw = reinterpret_cast<uint32_t *>(&kvec), *vw = reinterpret_cast<uint32_t *>(&vvec);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    kw[i] = pack_half2((float)kb8[2 * i] * ksc, (float)kb8[2 * i + 1] * ksc);
+                    vw[i] = pack_half2((float)vb8[2 * i] * vsc, (float)vb8[2 * i + 1] * vsc);
+                }
+                *reinterpret_cast<uint4 *>(sK + key * LDS + dc * 8) = kvec;
+                *reinterpret_cast<uint4 *>(sV + key * LDS + dc * 8) = vvec;
+            }
+            __syncthreads();
+        }
 
         float s[KB / 8][4];
 #pragma unroll
@@ -107,20 +126,34 @@ __global__ void __launch_bounds__(WARPS * 32)
             }
 
         float mx0 = -INFINITY, mx1 = -INFINITY;
+        /* Tiles wholly below the diagonal (most of a long prefill) skip the mask. */
+        const bool visible = kb + KB <= w.key_end && kb + KB - 1 <= min(pos0, pos1);
+        if (visible) {
 #pragma unroll
-        for (int nt = 0; nt < KB / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = kb + nt * 8 + 2 * tq + (e & 1);
-                const int p = e < 2 ? pos0 : pos1;
-                const bool ok = key < w.key_end && key <= p;
-                const float v = ok ? s[nt][e] * scale_log2 : -INFINITY;
-                s[nt][e] = v;
-                if (e < 2)
-                    mx0 = fmaxf(mx0, v);
-                else
-                    mx1 = fmaxf(mx1, v);
+            for (int nt = 0; nt < KB / 8; nt++) {
+                s[nt][0] *= scale_log2;
+                s[nt][1] *= scale_log2;
+                s[nt][2] *= scale_log2;
+                s[nt][3] *= scale_log2;
+                mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
             }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < KB / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = kb + nt * 8 + 2 * tq + (e & 1);
+                    const int p = e < 2 ? pos0 : pos1;
+                    const bool ok = key < w.key_end && key <= p;
+                    const float v = ok ? s[nt][e] * scale_log2 : -INFINITY;
+                    s[nt][e] = v;
+                    if (e < 2)
+                        mx0 = fmaxf(mx0, v);
+                    else
+                        mx1 = fmaxf(mx1, v);
+                }
+        }
         mx0 = fmaxf(mx0, __shfl_xor_sync(Q3_FULL_MASK, mx0, 1));
         mx0 = fmaxf(mx0, __shfl_xor_sync(Q3_FULL_MASK, mx0, 2));
         mx1 = fmaxf(mx1, __shfl_xor_sync(Q3_FULL_MASK, mx1, 1));
@@ -204,6 +237,8 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
                                     const float *__restrict__ part_lse)
 {
     const cu_attn_combine c = comb[blockIdx.x];
+    if (c.n_parts <= 0)
+        return;
     const cu_attn_seg sg = segs[c.seg];
     const int G = n_heads / n_kv_heads;
     const int rows_total = sg.n_tok * G;
@@ -236,6 +271,11 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
     }
 }
 
+static constexpr size_t attn_smem_bytes(int D, bool i8)
+{
+    return (size_t)ATT_KB * (D + 8) * 2 * 2 + (i8 ? (size_t)ATT_KB * D * 2 + ATT_KB * 8 : 0);
+}
+
 template <int D, bool I8>
 static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
@@ -243,12 +283,19 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         float *part_o, float *part_lse, cudaStream_t s)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    const size_t smem = attn_smem_bytes(D, I8);
+    static bool attr_set = false; /* once per instantiation; harmless if repeated */
+    if (!attr_set) {
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(attn_kernel<D, 1, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        attr_set = true;
+    }
     if (n_large > 0)
-        attn_kernel<D, 4, I8><<<n_large, 128, 0, s>>>(q, out, segs, w_large, pages, kv, layer,
-                                                      n_heads, scale_log2, part_o, part_lse);
+        attn_kernel<D, 4, I8><<<n_large, 128, smem, s>>>(q, out, segs, w_large, pages, kv, layer,
+                                                         n_heads, scale_log2, part_o, part_lse);
     if (n_small > 0)
-        attn_kernel<D, 1, I8><<<n_small, 32, 0, s>>>(q, out, segs, w_small, pages, kv, layer,
-                                                     n_heads, scale_log2, part_o, part_lse);
+        attn_kernel<D, 1, I8><<<n_small, 32, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
+                                                        n_heads, scale_log2, part_o, part_lse);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,

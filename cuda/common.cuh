@@ -85,6 +85,25 @@ static __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
     return v;
 }
 
+/* Asynchronous 16-byte copy global -> shared (sm_80+); bytes beyond
+ * src_bytes (0 or 16) are zero-filled, so masked rows cost no branch. */
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
+{
+    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+
+static __device__ __forceinline__ void cp_async8(void *smem, const void *gmem, int src_bytes)
+{
+    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+
+static __device__ __forceinline__ void cp_async_wait_all(void)
+{
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
 /* splitmix64 finalizer: the synthetic weights and embeddings. */
 static __device__ __forceinline__ uint64_t mix64(uint64_t z)
 {

@@ -34,7 +34,7 @@
 #define PAGE_SIZE 16
 #define LOGIT_ROWS 64                 /* lm_head rows per pass */
 #define ATT_MAX_SPLITS 16             /* flash-decoding: key splits per (sequence, KV head) */
-#define ATT_MIN_SPLIT_KEYS 256
+#define ATT_MIN_SPLIT_KEYS 64
 #define DEQUANT_WS_MAX (256u << 20)   /* fp16 weights for one cuBLAS product at a time */
 #define BLAS_WS_BYTES (32u << 20)
 #define RESERVE_BYTES (64u << 20)     /* slack for cuBLAS handles and small buffers */
@@ -77,6 +77,24 @@ struct cu_seq {
     int32_t *uniq; /* distinct sampled tokens, for the presence penalty */
     int n_uniq, cap_uniq;
     uint8_t *seen; /* [vocab] bitmap, allocated when the penalty is on */
+};
+
+/* Where the time goes (cuda_engine_set_profiling): an event at each mark,
+ * the interval to the next mark charged to the mark's category. */
+enum prof_cat {
+    P_UPLOAD, P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GATEUP, P_SWIGLU, P_DOWN,
+    P_LOGITS, P_SAMPLE, P_END, P_N
+};
+static const char *const prof_name[P_N] = {"upload", "embed", "rmsnorm", "qkv", "qk-norm+rope+kv",
+                                           "attention", "o_proj", "gate_up", "swiglu", "down",
+                                           "final norm+lm_head", "sample", "end"};
+#define PROF_CAP 1024
+#define GRAPH_CAP 8
+
+/* Graphs of decode passes, keyed by everything that shapes their launches. */
+struct graph_key {
+    int n_segs, T, n_lrows, n_jobs, job_rows_sig;
+    void *pen_d;
 };
 
 /* One piece of an item in one forward pass. */
@@ -141,6 +159,18 @@ typedef struct cuda_engine {
     int32_t *pen_h, *pen_d;
     size_t pen_cap;
 
+    /* profiling */
+    int prof_on, prof_n;
+    cudaEvent_t prof_ev[PROF_CAP];
+    unsigned char prof_cat[PROF_CAP];
+    double prof_ms[2][P_N];  /* [decode-only pass?][category] */
+    long prof_passes[2], prof_tokens[2];
+
+    /* CUDA graphs of decode passes */
+    int graphs_on, n_graphs;
+    cudaGraphExec_t graphs[GRAPH_CAP];
+    struct graph_key graph_keys[GRAPH_CAP];
+
     /* host scratch */
     struct seg *segs;
     int *out_row, *samp_out;
@@ -201,6 +231,10 @@ static void dev_free(cuda_engine *e, void *p, size_t bytes)
 
 static int awq_fusable(const model_linear *const *parts, int n, int K)
 {
+    /* Debugging aid: QWEN3_BATCH_NO_INT4=1 runs AWQ layers as fp16 through cuBLAS. */
+    const char *no = getenv("QWEN3_BATCH_NO_INT4");
+    if (no && *no == '1')
+        return 0;
     for (int i = 0; i < n; i++) {
         const model_linear *l = parts[i];
         if (!l->is_awq || l->in_features != K || l->out_features % 16 || l->group_size % 16 ||
@@ -552,6 +586,8 @@ static int engine_begin(cuda_engine **out, const model_config *cfg, const eng_op
     e->G = cfg->n_heads / cfg->n_kv_heads;
     const char *dq = getenv("QWEN3_BATCH_DEQUANT_MIN_M");
     e->dequant_min_m = dq && atoi(dq) > 0 ? atoi(dq) : 512;
+    const char *ng = getenv("QWEN3_BATCH_NO_GRAPHS");
+    e->graphs_on = !(ng && *ng == '1');
     *out = e;
 
     CU_CHECK(cudaGetDevice(&e->dev));
@@ -976,22 +1012,73 @@ static int att_split_keys(int keys)
 
 static int att_splits(int keys) { return (keys + att_split_keys(keys) - 1) / att_split_keys(keys); }
 
-/* Bump allocator over the metadata buffer (16-byte aligned pieces). */
-struct meta {
-    char *h;
-    size_t off, cap;
-};
-
-static void *meta_take(struct meta *mt, size_t bytes)
+static void prof(cuda_engine *e, int cat)
 {
-    size_t off = (mt->off + 15) & ~(size_t)15;
-    if (off + bytes > mt->cap)
-        return NULL;
-    mt->off = off + bytes;
-    return mt->h + off;
+    if (!e->prof_on || e->prof_n >= PROF_CAP)
+        return;
+    if (cudaEventRecord(e->prof_ev[e->prof_n], e->stream) == cudaSuccess)
+        e->prof_cat[e->prof_n++] = (unsigned char)cat;
 }
 
-#define DEV(e, p) ((void *)((e)->meta_d + ((char *)(p) - (e)->meta_h)))
+static void prof_flush(cuda_engine *e, int decode, int T)
+{
+    if (!e->prof_on)
+        return;
+    if (e->prof_n >= 2 && cudaEventSynchronize(e->prof_ev[e->prof_n - 1]) == cudaSuccess) {
+        for (int i = 0; i + 1 < e->prof_n; i++) {
+            float ms = 0;
+            if (cudaEventElapsedTime(&ms, e->prof_ev[i], e->prof_ev[i + 1]) == cudaSuccess)
+                e->prof_ms[decode][e->prof_cat[i]] += ms;
+        }
+        e->prof_passes[decode]++;
+        e->prof_tokens[decode] += T;
+    }
+    e->prof_n = 0;
+}
+
+int cuda_engine_set_profiling(eng *base, int on)
+{
+    if (!base || base->vt != &cuda_vtable)
+        return -1;
+    cuda_engine *e = (cuda_engine *)base;
+    if (on && !e->prof_on) {
+        for (int i = 0; i < PROF_CAP; i++)
+            if (cudaEventCreate(&e->prof_ev[i]) != cudaSuccess)
+                return -1;
+        e->prof_on = 1;
+    }
+    memset(e->prof_ms, 0, sizeof e->prof_ms);
+    memset(e->prof_passes, 0, sizeof e->prof_passes);
+    memset(e->prof_tokens, 0, sizeof e->prof_tokens);
+    return 0;
+}
+
+int cuda_engine_profile_report(const eng *base, char *buf, size_t cap)
+{
+    if (!base || base->vt != &cuda_vtable || cap == 0)
+        return -1;
+    const cuda_engine *e = (const cuda_engine *)base;
+    size_t off = 0;
+    buf[0] = 0;
+    for (int d = 0; d < 2; d++) {
+        if (!e->prof_passes[d])
+            continue;
+        double total = 0;
+        for (int c = 0; c < P_N; c++)
+            total += e->prof_ms[d][c];
+        off += (size_t)snprintf(buf + off, off < cap ? cap - off : 0,
+                                "%s passes: %ld, tokens %ld, GPU time %.3f ms per pass\n",
+                                d ? "decode (T <= 64)" : "prefill/mixed", e->prof_passes[d],
+                                e->prof_tokens[d], total / e->prof_passes[d]);
+        for (int c = 0; c < P_N; c++)
+            if (e->prof_ms[d][c] > 0)
+                off += (size_t)snprintf(buf + off, off < cap ? cap - off : 0,
+                                        "  %-20s %9.3f ms per pass  %5.1f%%\n", prof_name[c],
+                                        e->prof_ms[d][c] / e->prof_passes[d],
+                                        100.0 * e->prof_ms[d][c] / total);
+    }
+    return 0;
+}
 
 static int ensure_pen(cuda_engine *e, size_t n, errbuf *err)
 {
@@ -1019,132 +1106,155 @@ static int ensure_pen(cuda_engine *e, size_t n, errbuf *err)
     return 0;
 }
 
-/* One pass over segs[0..n_segs): the layers for their tokens, then logits and
- * samples for the rows that ask. */
-static int forward(cuda_engine *e, const eng_item *items, const struct seg *segs, int n_segs,
-                   float *logits_out, errbuf *err)
+/*
+ * The per-pass metadata sits at fixed offsets (capacities, not counts), so
+ * that kernel arguments are the same pointers in every pass and a decode
+ * pass can be replayed from a CUDA graph. The page lists come last: their
+ * length varies most, and only the used part of each array is copied.
+ */
+struct pass {
+    int T, n_segs;
+    int32_t *tok, *pos, *slot, *lrows, *pages;
+    cu_attn_seg *as;
+    cu_attn_work *ws, *wl;
+    cu_attn_combine *cb;
+    cu_sample_job *jobs;
+    int n_small, n_large, n_comb, n_lrows, n_jobs, n_pages;
+    int small_grid, comb_grid; /* launched blocks (graphs: padded to capacity) */
+    size_t pen_n;
+    int *dest;     /* [n_lrows] logits row of the caller's buffer, or -1 */
+    int *job_lrow; /* [n_jobs] */
+};
+
+static void pass_layout(const cuda_engine *e, struct pass *p)
+{
+    char *h = e->meta_h;
+    size_t T = e->max_T, S = e->max_seqs, Hkv = e->c.n_kv_heads, off = 0;
+#define TAKE(ptr, n)                                                                              \
+    do {                                                                                          \
+        off = (off + 15) & ~(size_t)15;                                                           \
+        (ptr) = (void *)(h + off);                                                                \
+        off += sizeof *(ptr) * (size_t)(n);                                                       \
+    } while (0)
+    TAKE(p->tok, T);
+    TAKE(p->pos, T);
+    TAKE(p->slot, T);
+    TAKE(p->lrows, T);
+    TAKE(p->as, S);
+    TAKE(p->jobs, S);
+    TAKE(p->cb, S * Hkv);
+    TAKE(p->ws, (size_t)e->att_parts_max + S * Hkv);
+    TAKE(p->wl, Hkv * (T * e->G / 64 + S + 1));
+    TAKE(p->pages, 1);
+#undef TAKE
+}
+
+#define DEV(e, p) ((void *)((e)->meta_d + ((char *)(p) - (e)->meta_h)))
+
+/* Host side of a pass: positions, slots, attention work, logits rows, jobs. */
+static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *segs, int n_segs,
+                      int padded, struct pass *p, errbuf *err)
 {
     const model_config *c = &e->c;
-    const int H = c->hidden_size, V = c->vocab_size, Hkv = c->n_kv_heads, G = e->G;
-    int T = 0;
+    const int Hkv = c->n_kv_heads, G = e->G, V = c->vocab_size;
+    pass_layout(e, p);
+    p->n_segs = n_segs;
+    p->T = 0;
     for (int i = 0; i < n_segs; i++)
-        T += segs[i].count;
-
-    struct meta mt = {e->meta_h, 0, e->meta_cap};
-    int32_t *tok = meta_take(&mt, 4 * (size_t)T), *pos = meta_take(&mt, 4 * (size_t)T),
-            *slot = meta_take(&mt, 4 * (size_t)T);
-    cu_attn_seg *as = meta_take(&mt, sizeof *as * (size_t)n_segs);
-    if (!tok || !pos || !slot || !as)
-        return errorf(err, "step metadata overflow");
-    int n_pages_list = 0;
-    for (int i = 0; i < n_segs; i++) {
-        const struct seg *sg = &segs[i];
-        const struct cu_seq *s = &e->seqs[items[sg->item].seq];
-        n_pages_list += (s->n + sg->t0 + sg->count + PAGE_SIZE - 1) / PAGE_SIZE;
-    }
-    int32_t *pages = meta_take(&mt, 4 * (size_t)n_pages_list);
-    if (!pages)
-        return errorf(err, "step metadata overflow (page lists)");
-    int t = 0, pl = 0;
-    int n_small = 0, n_large = 0, n_small_units = 0;
-    for (int i = 0; i < n_segs; i++) {
+        p->T += segs[i].count;
+    size_t pages_room = (e->meta_cap - (size_t)((char *)p->pages - e->meta_h)) / 4;
+    int pl = 0;
+    p->n_small = p->n_large = p->n_comb = 0;
+    for (int i = 0, t = 0; i < n_segs; i++) {
         const struct seg *sg = &segs[i];
         const eng_item *it = &items[sg->item];
         const struct cu_seq *s = &e->seqs[it->seq];
         int pos0 = s->n + sg->t0;
-        as[i].tok0 = t;
-        as[i].n_tok = sg->count;
-        as[i].pos0 = pos0;
-        as[i].page0 = pl;
         int np = (pos0 + sg->count + PAGE_SIZE - 1) / PAGE_SIZE;
-        memcpy(pages + pl, s->pages, sizeof *pages * (size_t)np);
+        if ((size_t)(pl + np) > pages_room)
+            return errorf(err, "step metadata overflow (page lists)");
+        p->as[i] = (cu_attn_seg){t, sg->count, pos0, pl};
+        memcpy(p->pages + pl, s->pages, sizeof *p->pages * (size_t)np);
         pl += np;
         for (int k = 0; k < sg->count; k++, t++) {
-            int p = pos0 + k;
-            tok[t] = it->tokens[sg->t0 + k];
-            pos[t] = p;
-            slot[t] = s->pages[p / PAGE_SIZE] * PAGE_SIZE + p % PAGE_SIZE;
-        }
-        if (sg->count * G <= 16) {
-            n_small_units += Hkv;
-        } else {
-            n_large += Hkv * ((sg->count * G + 63) / 64);
+            int q = pos0 + k;
+            p->tok[t] = it->tokens[sg->t0 + k];
+            p->pos[t] = q;
+            p->slot[t] = s->pages[q / PAGE_SIZE] * PAGE_SIZE + q % PAGE_SIZE;
         }
     }
-    /* Flash-decoding: a sequence's keys split by its own length only (not by
-     * what else is in the batch), so its result does not depend on the batch. */
-    for (int i = 0; i < n_segs; i++)
-        if (segs[i].count * G <= 16)
-            n_small += Hkv * att_splits(as[i].pos0 + as[i].n_tok);
-    cu_attn_work *ws = meta_take(&mt, sizeof *ws * (size_t)(n_small ? n_small : 1));
-    cu_attn_work *wl = meta_take(&mt, sizeof *wl * (size_t)(n_large ? n_large : 1));
-    cu_attn_combine *cb = meta_take(&mt, sizeof *cb * (size_t)(n_small_units ? n_small_units : 1));
-    if (!ws || !wl || !cb)
-        return errorf(err, "step metadata overflow (attention work)");
-    int ks = 0, kl = 0, kc = 0, part = 0;
+    p->n_pages = pl;
+    /* Attention: small tiles (<= 16 rows: decode) split their keys by the
+     * sequence's own length only, so a sequence's result does not depend on
+     * the batch; large tiles (prefill) take 64 rows, later tiles first. */
+    int part = 0;
     for (int i = 0; i < n_segs; i++) {
-        int rows = as[i].n_tok * G;
+        const cu_attn_seg *a = &p->as[i];
+        int rows = a->n_tok * G;
         if (rows <= 16) {
-            int keys = as[i].pos0 + as[i].n_tok;
-            int sp = att_splits(keys), split_keys = att_split_keys(keys);
+            int keys = a->pos0 + a->n_tok, sp = att_splits(keys), per = att_split_keys(keys);
             for (int h = 0; h < Hkv; h++) {
                 if (sp > 1)
-                    cb[kc++] = (cu_attn_combine){i, h, 0, sp, part};
+                    p->cb[p->n_comb++] = (cu_attn_combine){i, h, 0, sp, part};
                 for (int k = 0; k < sp; k++) {
-                    int kb = k * split_keys, ke = kb + split_keys < keys ? kb + split_keys : keys;
-                    ws[ks++] = (cu_attn_work){i, h, 0, kb, ke, sp > 1 ? part++ : -1};
+                    int kb = k * per, ke = kb + per < keys ? kb + per : keys;
+                    p->ws[p->n_small++] = (cu_attn_work){i, h, 0, kb, ke, sp > 1 ? part++ : -1};
                 }
             }
         } else {
-            /* Later tiles see more keys: queue them first. */
             for (int row0 = (rows - 1) / 64 * 64; row0 >= 0; row0 -= 64) {
-                int last_tok = (row0 + 63) / G < as[i].n_tok - 1 ? (row0 + 63) / G : as[i].n_tok - 1;
-                int ke = as[i].pos0 + last_tok + 1;
+                int last = (row0 + 63) / G < a->n_tok - 1 ? (row0 + 63) / G : a->n_tok - 1;
                 for (int h = 0; h < Hkv; h++)
-                    wl[kl++] = (cu_attn_work){i, h, row0, 0, ke, -1};
+                    p->wl[p->n_large++] = (cu_attn_work){i, h, row0, 0, a->pos0 + last + 1, -1};
             }
         }
     }
-
-    /* Rows that need logits, in item order, and their sampling jobs. */
-    int32_t *lrows = meta_take(&mt, 4 * (size_t)T);
-    int *dest = malloc(sizeof *dest * (size_t)(T ? T : 1));
-    int n_jobs_max = n_segs;
-    cu_sample_job *jobs = meta_take(&mt, sizeof *jobs * (size_t)(n_jobs_max ? n_jobs_max : 1));
-    if (!lrows || !jobs || !dest) {
-        free(dest);
-        return errorf(err, "step metadata overflow (logits)");
+    p->small_grid = p->n_small;
+    p->comb_grid = p->n_comb;
+    if (padded) {
+        /* A graph launches fixed grids; the extra blocks find seg -1 and leave. */
+        p->small_grid = n_segs * Hkv * ATT_MAX_SPLITS;
+        p->comb_grid = n_segs * Hkv;
+        for (int k = p->n_small; k < p->small_grid; k++)
+            p->ws[k] = (cu_attn_work){-1, 0, 0, 0, 0, -1};
+        for (int k = p->n_comb; k < p->comb_grid; k++)
+            p->cb[k] = (cu_attn_combine){-1, 0, 0, 0, 0};
     }
-    int n_lrows = 0, n_jobs = 0;
-    size_t n_pen = 0;
+
+    /* Rows that need logits, in item order, and the sampling jobs. */
+    p->n_lrows = p->n_jobs = 0;
+    p->pen_n = 0;
     for (int i = 0; i < n_segs; i++) {
         const eng_item *it = &items[segs[i].item];
         const struct cu_seq *s = &e->seqs[it->seq];
         if (it->sample && segs[i].last && s->sp.temperature > 0 && s->sp.presence_penalty != 0)
-            n_pen += (size_t)s->n_uniq;
+            p->pen_n += (size_t)s->n_uniq;
     }
-    if (ensure_pen(e, n_pen + 1, err)) {
-        free(dest);
+    if (ensure_pen(e, p->pen_n + 1, err))
         return -1;
-    }
-    n_pen = 0;
+    p->dest = malloc(sizeof *p->dest * (size_t)(p->T + 1));
+    p->job_lrow = malloc(sizeof *p->job_lrow * (size_t)(n_segs + 1));
+    if (!p->dest || !p->job_lrow)
+        return errorf(err, "out of host memory");
+    size_t n_pen = 0;
     for (int i = 0, t0 = 0; i < n_segs; t0 += segs[i].count, i++) {
         const struct seg *sg = &segs[i];
         const eng_item *it = &items[sg->item];
         const struct cu_seq *s = &e->seqs[it->seq];
         if (it->logits == ENG_LOGITS_ALL) {
             for (int k = 0; k < sg->count; k++) {
-                lrows[n_lrows] = t0 + k;
-                dest[n_lrows++] = e->out_row[sg->item] + sg->t0 + k;
+                p->lrows[p->n_lrows] = t0 + k;
+                p->dest[p->n_lrows++] = e->out_row[sg->item] + sg->t0 + k;
             }
         } else if (sg->last && (it->logits == ENG_LOGITS_LAST || it->sample)) {
-            lrows[n_lrows] = t0 + sg->count - 1;
-            dest[n_lrows++] = it->logits == ENG_LOGITS_LAST ? e->out_row[sg->item] : -1;
+            p->lrows[p->n_lrows] = t0 + sg->count - 1;
+            p->dest[p->n_lrows++] = it->logits == ENG_LOGITS_LAST ? e->out_row[sg->item] : -1;
         }
         if (sg->last && it->sample) {
-            cu_sample_job *j = &jobs[n_jobs++];
+            cu_sample_job *j = &p->jobs[p->n_jobs];
+            p->job_lrow[p->n_jobs++] = p->n_lrows - 1;
             memset(j, 0, sizeof *j);
-            j->row = (n_lrows - 1) % LOGIT_ROWS;
+            j->row = (p->n_lrows - 1) % LOGIT_ROWS;
             j->out = e->samp_out[sg->item];
             j->temperature = s->sp.temperature;
             j->top_k = s->sp.top_k;
@@ -1163,125 +1273,215 @@ static int forward(cuda_engine *e, const eng_item *items, const struct seg *segs
             }
         }
     }
-    /* job k belongs to chunk (lrow of job)/LOGIT_ROWS; lrows of jobs rise with k */
-    int *job_lrow = malloc(sizeof *job_lrow * (size_t)(n_jobs ? n_jobs : 1));
-    if (!job_lrow) {
-        free(dest);
-        return errorf(err, "out of host memory");
-    }
-    {
-        int k = 0, nl = 0;
-        for (int i = 0; i < n_segs; i++) {
-            const struct seg *sg = &segs[i];
-            const eng_item *it = &items[sg->item];
-            if (it->logits == ENG_LOGITS_ALL)
-                nl += sg->count;
-            else if (sg->last && (it->logits == ENG_LOGITS_LAST || it->sample))
-                nl++;
-            if (sg->last && it->sample)
-                job_lrow[k++] = nl - 1;
-        }
-    }
+    return 0;
+}
 
-    int rc = 0;
-#define TRY_CU(call)                                                                              \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess) {                                                                  \
-            rc = errorf(err, "%s:%d: CUDA: %s: %s", __FILE__, __LINE__, #call,                    \
-                        cudaGetErrorString(e_));                                                  \
-            goto out;                                                                             \
-        }                                                                                         \
-    } while (0)
-#define TRY(call)                                                                                 \
-    do {                                                                                          \
-        if ((call) != 0) {                                                                        \
-            rc = -1;                                                                              \
-            goto out;                                                                             \
-        }                                                                                         \
-    } while (0)
+static void pass_free(struct pass *p)
+{
+    free(p->dest);
+    free(p->job_lrow);
+    p->dest = p->job_lrow = NULL;
+}
 
-    TRY_CU(cudaMemcpyAsync(e->meta_d, e->meta_h, mt.off, cudaMemcpyHostToDevice, e->stream));
-    if (n_pen)
-        TRY_CU(cudaMemcpyAsync(e->pen_d, e->pen_h, n_pen * 4, cudaMemcpyHostToDevice, e->stream));
+/* Copies the used part of each metadata array. */
+static int pass_upload(cuda_engine *e, const struct pass *p, errbuf *err)
+{
+    struct {
+        const void *h;
+        size_t n;
+    } parts[] = {{p->tok, 4 * (size_t)p->T},
+                 {p->pos, 4 * (size_t)p->T},
+                 {p->slot, 4 * (size_t)p->T},
+                 {p->lrows, 4 * (size_t)p->n_lrows},
+                 {p->as, sizeof *p->as * (size_t)p->n_segs},
+                 {p->jobs, sizeof *p->jobs * (size_t)p->n_jobs},
+                 {p->cb, sizeof *p->cb * (size_t)p->comb_grid},
+                 {p->ws, sizeof *p->ws * (size_t)p->small_grid},
+                 {p->wl, sizeof *p->wl * (size_t)p->n_large},
+                 {p->pages, 4 * (size_t)p->n_pages}};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        if (parts[i].n)
+            CU_CHECK(cudaMemcpyAsync(DEV(e, parts[i].h), parts[i].h, parts[i].n,
+                                     cudaMemcpyHostToDevice, e->stream));
+    if (p->pen_n)
+        CU_CHECK(cudaMemcpyAsync(e->pen_d, e->pen_h, p->pen_n * 4, cudaMemcpyHostToDevice,
+                                 e->stream));
+    return 0;
+}
 
-    const int32_t *d_tok = DEV(e, tok), *d_pos = DEV(e, pos), *d_slot = DEV(e, slot);
-    /* Embeddings. */
+/* Everything a pass puts on the GPU after its metadata: embeddings, the
+ * layers, final norm, lm_head, logits out, sampling. Graph-capturable when
+ * no logits go to the caller. */
+static int pass_run(cuda_engine *e, const struct pass *p, float *logits_out, errbuf *err)
+{
+    const model_config *c = &e->c;
+    const int H = c->hidden_size, V = c->vocab_size, Hkv = c->n_kv_heads, T = p->T;
+    const int32_t *d_tok = DEV(e, p->tok), *d_pos = DEV(e, p->pos), *d_slot = DEV(e, p->slot);
+
+    prof(e, P_EMBED);
     if (e->embed_dev) {
-        TRY_CU(cu_embed_gather(e->embed_dev, d_tok, T, H, e->x, e->stream));
+        CU_CHECK(cu_embed_gather(e->embed_dev, d_tok, T, H, e->x, e->stream));
     } else if (e->embed_on_host) {
-        const char *tab = e->m->embed.data;
         size_t row_b = (size_t)H * e->embed_elt;
-        for (int k = 0; k < T; k++)
-            memcpy((char *)e->embed_stage_h + (size_t)k * row_b, tab + (size_t)tok[k] * row_b, row_b);
-        TRY_CU(cudaMemcpyAsync(e->embed_stage_d, e->embed_stage_h, (size_t)T * row_b,
-                               cudaMemcpyHostToDevice, e->stream));
-        TRY_CU(cu_to_f32(e->embed_stage_d, e->embed_dtype, (size_t)T * H, e->x, e->stream));
+        CU_CHECK(cudaMemcpyAsync(e->embed_stage_d, e->embed_stage_h, (size_t)T * row_b,
+                                 cudaMemcpyHostToDevice, e->stream));
+        CU_CHECK(cu_to_f32(e->embed_stage_d, e->embed_dtype, (size_t)T * H, e->x, e->stream));
     } else {
-        TRY_CU(cu_embed_synth(d_tok, T, H, e->synth_seed, e->x, e->stream));
+        CU_CHECK(cu_embed_synth(d_tok, T, H, e->synth_seed, e->x, e->stream));
     }
 
     for (int l = 0; l < c->n_layers; l++) {
         const struct cu_layer *L = &e->layers[l];
-        TRY_CU(cu_rmsnorm(e->x, l ? e->y : NULL, NULL, T, H, L->attn_norm, c->rms_norm_eps, e->h,
-                          e->stream));
-        TRY(linear(e, &L->qkv, e->h, T, e->mid, err));
-        TRY_CU(cu_qk_norm_rope_store(e->mid, T, c->n_heads, Hkv, c->head_dim, L->q_norm, L->k_norm,
-                                     c->rms_norm_eps, d_pos, d_slot, e->inv_freq, e->attn_factor,
-                                     e->qa, e->kv, l, e->stream));
-        TRY_CU(cu_attention(e->qa, e->att, DEV(e, as), DEV(e, ws), n_small, DEV(e, wl), n_large,
-                            DEV(e, cb), kc, DEV(e, pages), e->kv, l, c->n_heads, e->att_part_o,
-                            e->att_part_lse, e->stream));
-        TRY(linear(e, &L->o, e->att, T, e->y, err));
-        TRY_CU(cu_rmsnorm(e->x, e->y, NULL, T, H, L->mlp_norm, c->rms_norm_eps, e->h, e->stream));
-        TRY(linear(e, &L->gate_up, e->h, T, e->mid, err));
-        TRY_CU(cu_swiglu(e->mid, T, c->intermediate_size, e->qa, e->stream));
-        TRY(linear(e, &L->down, e->qa, T, e->y, err));
+        prof(e, P_NORM);
+        CU_CHECK(cu_rmsnorm(e->x, l ? e->y : NULL, NULL, T, H, L->attn_norm, c->rms_norm_eps,
+                            e->h, e->stream));
+        prof(e, P_QKV);
+        if (linear(e, &L->qkv, e->h, T, e->mid, err))
+            return -1;
+        prof(e, P_ROPE);
+        CU_CHECK(cu_qk_norm_rope_store(e->mid, T, c->n_heads, Hkv, c->head_dim, L->q_norm,
+                                       L->k_norm, c->rms_norm_eps, d_pos, d_slot, e->inv_freq,
+                                       e->attn_factor, e->qa, e->kv, l, e->stream));
+        prof(e, P_ATTN);
+        CU_CHECK(cu_attention(e->qa, e->att, DEV(e, p->as), DEV(e, p->ws), p->small_grid,
+                              DEV(e, p->wl), p->n_large, DEV(e, p->cb), p->comb_grid,
+                              DEV(e, p->pages), e->kv, l, c->n_heads, e->att_part_o,
+                              e->att_part_lse, e->stream));
+        prof(e, P_O);
+        if (linear(e, &L->o, e->att, T, e->y, err))
+            return -1;
+        prof(e, P_NORM);
+        CU_CHECK(cu_rmsnorm(e->x, e->y, NULL, T, H, L->mlp_norm, c->rms_norm_eps, e->h,
+                            e->stream));
+        prof(e, P_GATEUP);
+        if (linear(e, &L->gate_up, e->h, T, e->mid, err))
+            return -1;
+        prof(e, P_SWIGLU);
+        CU_CHECK(cu_swiglu(e->mid, T, c->intermediate_size, e->qa, e->stream));
+        prof(e, P_DOWN);
+        if (linear(e, &L->down, e->qa, T, e->y, err))
+            return -1;
     }
 
-    /* Final norm, lm_head and sampling, LOGIT_ROWS rows at a time. */
-    const int32_t *d_lrows = DEV(e, lrows);
-    const cu_sample_job *d_jobs = DEV(e, jobs);
+    /* Final norm, lm_head (always LOGIT_ROWS rows: the same cuBLAS algorithm
+     * whatever the batch) and sampling, LOGIT_ROWS rows at a time. */
+    const int32_t *d_lrows = DEV(e, p->lrows);
+    const cu_sample_job *d_jobs = DEV(e, p->jobs);
+    const float one = 1.0f, zero = 0.0f;
     int j0 = 0;
-    for (int r0 = 0; r0 < n_lrows; r0 += LOGIT_ROWS) {
-        int nr = n_lrows - r0 < LOGIT_ROWS ? n_lrows - r0 : LOGIT_ROWS;
-        const float one = 1.0f, zero = 0.0f;
-        TRY_CU(cu_rmsnorm(e->x, e->y, d_lrows + r0, nr, H, e->final_norm, c->rms_norm_eps, e->hl,
-                          e->stream));
-        cublasStatus_t bs = cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, LOGIT_ROWS, H, &one,
-                                         e->lm_head, CUDA_R_16F, H, e->hl, CUDA_R_16F, H, &zero,
-                                         e->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT);
-        if (bs != CUBLAS_STATUS_SUCCESS) {
-            rc = errorf(err, "cuBLAS lm_head product failed (status %d)", (int)bs);
-            goto out;
-        }
+    for (int r0 = 0; r0 < p->n_lrows; r0 += LOGIT_ROWS) {
+        int nr = p->n_lrows - r0 < LOGIT_ROWS ? p->n_lrows - r0 : LOGIT_ROWS;
+        prof(e, P_LOGITS);
+        CU_CHECK(cu_rmsnorm(e->x, e->y, d_lrows + r0, nr, H, e->final_norm, c->rms_norm_eps,
+                            e->hl, e->stream));
+        BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, LOGIT_ROWS, H, &one,
+                                e->lm_head, CUDA_R_16F, H, e->hl, CUDA_R_16F, H, &zero, e->logits,
+                                CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         if (logits_out)
             for (int r = 0; r < nr;) {
-                if (dest[r0 + r] < 0) {
+                if (p->dest[r0 + r] < 0) {
                     r++;
                     continue;
                 }
                 int run = 1;
-                while (r + run < nr && dest[r0 + r + run] == dest[r0 + r] + run)
+                while (r + run < nr && p->dest[r0 + r + run] == p->dest[r0 + r] + run)
                     run++;
-                TRY_CU(cudaMemcpyAsync(logits_out + (size_t)dest[r0 + r] * V,
-                                       e->logits + (size_t)r * V, sizeof(float) * V * run,
-                                       cudaMemcpyDeviceToHost, e->stream));
+                CU_CHECK(cudaMemcpyAsync(logits_out + (size_t)p->dest[r0 + r] * V,
+                                         e->logits + (size_t)r * V, sizeof(float) * V * run,
+                                         cudaMemcpyDeviceToHost, e->stream));
                 r += run;
             }
         int j1 = j0;
-        while (j1 < n_jobs && job_lrow[j1] < r0 + nr)
+        while (j1 < p->n_jobs && p->job_lrow[j1] < r0 + nr)
             j1++;
+        prof(e, P_SAMPLE);
         if (j1 > j0)
-            TRY_CU(cu_sample(e->logits, V, d_jobs + j0, j1 - j0, e->pen_d, e->samp_d, e->stream));
+            CU_CHECK(cu_sample(e->logits, V, d_jobs + j0, j1 - j0, e->pen_d, e->samp_d,
+                               e->stream));
         j0 = j1;
     }
-out:
-#undef TRY
-#undef TRY_CU
-    free(dest);
-    free(job_lrow);
+    prof(e, P_END);
+    return 0;
+}
+
+static int graph_key_eq(const struct graph_key *a, const struct graph_key *b)
+{
+    return a->n_segs == b->n_segs && a->T == b->T && a->n_lrows == b->n_lrows &&
+           a->n_jobs == b->n_jobs && a->job_rows_sig == b->job_rows_sig && a->pen_d == b->pen_d;
+}
+
+static int run_graph(cuda_engine *e, const struct pass *p, errbuf *err)
+{
+    struct graph_key k = {p->n_segs, p->T, p->n_lrows, p->n_jobs, 0, e->pen_d};
+    for (int j = 0; j < p->n_jobs; j++)
+        k.job_rows_sig = k.job_rows_sig * 31 + p->job_lrow[j];
+    int slot = -1;
+    for (int i = 0; i < e->n_graphs; i++)
+        if (graph_key_eq(&e->graph_keys[i], &k)) {
+            slot = i;
+            break;
+        }
+    if (slot < 0) {
+        if (e->n_graphs == GRAPH_CAP) {
+            cudaGraphExecDestroy(e->graphs[0]);
+            memmove(e->graphs, e->graphs + 1, sizeof e->graphs[0] * (GRAPH_CAP - 1));
+            memmove(e->graph_keys, e->graph_keys + 1, sizeof e->graph_keys[0] * (GRAPH_CAP - 1));
+            e->n_graphs--;
+        }
+        cudaGraph_t g;
+        CU_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
+        int rc = pass_run(e, p, NULL, err);
+        cudaError_t ce = cudaStreamEndCapture(e->stream, &g);
+        if (rc)
+            return -1;
+        CU_CHECK(ce);
+        cudaGraphExec_t x;
+        ce = cudaGraphInstantiate(&x, g, 0);
+        cudaGraphDestroy(g);
+        CU_CHECK(ce);
+        slot = e->n_graphs++;
+        e->graphs[slot] = x;
+        e->graph_keys[slot] = k;
+    }
+    CU_CHECK(cudaGraphLaunch(e->graphs[slot], e->stream));
+    return 0;
+}
+
+/* One pass over segs[0..n_segs): the layers for their tokens, then logits and
+ * samples for the rows that ask. */
+static int forward(cuda_engine *e, const eng_item *items, const struct seg *segs, int n_segs,
+                   float *logits_out, errbuf *err)
+{
+    /* Decode passes (one token per sequence, no logits to the caller) replay
+     * a CUDA graph: one launch instead of ~500. */
+    int decode = 1;
+    for (int i = 0; i < n_segs && decode; i++) {
+        const eng_item *it = &items[segs[i].item];
+        decode = segs[i].count == 1 && it->logits == ENG_LOGITS_NONE;
+    }
+    int use_graph = decode && e->graphs_on && !e->prof_on && n_segs <= LOGIT_ROWS;
+    /* The pinned host buffers (metadata, penalties, embedding rows) of the
+     * previous pass may still be in flight to the GPU. */
+    CU_CHECK(cudaStreamSynchronize(e->stream));
+    struct pass p;
+    memset(&p, 0, sizeof p);
+    int rc = pass_build(e, items, segs, n_segs, use_graph, &p, err);
+    if (!rc && e->embed_on_host) {
+        const char *tab = e->m->embed.data;
+        size_t row_b = (size_t)e->c.hidden_size * e->embed_elt;
+        for (int k = 0; k < p.T; k++)
+            memcpy((char *)e->embed_stage_h + (size_t)k * row_b, tab + (size_t)p.tok[k] * row_b,
+                   row_b);
+    }
+    if (!rc) {
+        prof(e, P_UPLOAD);
+        rc = pass_upload(e, &p, err);
+    }
+    if (!rc)
+        rc = use_graph ? run_graph(e, &p, err) : pass_run(e, &p, logits_out, err);
+    if (!rc)
+        prof_flush(e, p.T <= 64, p.T);
+    pass_free(&p);
     return rc;
 }
 
@@ -1424,6 +1624,12 @@ static void cu_close(eng *base)
         cudaFreeHost(e->embed_stage_h);
     if (e->blas_ok)
         cublasDestroy(e->blas);
+    if (e->prof_on)
+        for (int i = 0; i < PROF_CAP; i++)
+            cudaEventDestroy(e->prof_ev[i]);
+    for (int i = 0; i < e->n_graphs; i++)
+        cudaGraphExecDestroy(e->graphs[i]);
+
     if (e->stream)
         cudaStreamDestroy(e->stream);
     free(e->layers);

@@ -53,6 +53,13 @@ typedef struct cuda_engine_info {
 /* Fills info when e is a CUDA engine; returns -1 otherwise. */
 int cuda_engine_get_info(const eng *e, cuda_engine_info *info);
 
+/* Profiling: with on, each pass records CUDA events between its kernels
+ * (slower: for measurement only) and accumulates the time per operation,
+ * separately for decode-only passes (<= 64 tokens) and the rest; turning it
+ * on again resets the sums. The report is text, one line per operation. */
+int cuda_engine_set_profiling(eng *e, int on);
+int cuda_engine_profile_report(const eng *e, char *buf, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif

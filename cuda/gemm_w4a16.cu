@@ -139,7 +139,7 @@ static __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int j, __hal
  * [c_begin, c_end) of 256. grid (N / 256, splits, M / (MT*16)).
  */
 template <int MT>
-__global__ void __launch_bounds__(W4_WARPS * 32)
+__global__ void __launch_bounds__(W4_WARPS * 32, 2)
     w4a16_mma_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                      const __half2 *__restrict__ sz, int K, int N, int group, int chunks_per_split,
                      __half *__restrict__ y, int ldy, float *__restrict__ part)
@@ -181,11 +181,10 @@ __global__ void __launch_bounds__(W4_WARPS * 32)
         for (int idx = threadIdx.x; idx < MT * 16 * (W4_KC / 8); idx += W4_WARPS * 32) {
             int r = idx / (W4_KC / 8), cc = idx % (W4_KC / 8);
             int k = c * W4_KC + cc * 8;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r < rows && k < K)
-                v = *reinterpret_cast<const uint4 *>(x + (int64_t)(m0 + r) * ldx + k);
-            *reinterpret_cast<uint4 *>(sx + r * W4_LDS + cc * 8) = v;
+            bool ok = r < rows && k < K;
+            cp_async16(sx + r * W4_LDS + cc * 8, ok ? x + (int64_t)(m0 + r) * ldx + k : x, ok ? 16 : 0);
         }
+        cp_async_wait_all();
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -295,7 +294,9 @@ extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
 {
     int n_blocks = (N + W4_BLOCK_N - 1) / W4_BLOCK_N;
     int n_chunks = (K + W4_KC - 1) / W4_KC;
-    int want = 2 * n_sm / n_blocks;
+    /* Several blocks per SM even for wide N: one 136-block wave on 132 SMs
+     * would leave most SMs idle for half the time. */
+    int want = 4 * n_sm / n_blocks;
     int splits = want < 1 ? 1 : want > n_chunks ? n_chunks : want;
     int cps = (n_chunks + splits - 1) / splits;
     return (n_chunks + cps - 1) / cps;

@@ -81,12 +81,14 @@ static void usage(void)
     printf("usage: qwen3-batch bench (--synthetic qwen3-14b | --model DIR)\n"
            "         [--npp 512,4096] [--ntg 128] [--npl 1,16,64] [--gpu-memory 22GiB]\n"
            "         [--kv-cache f16|int8] [--max-step-tokens N] [--max-kv-tokens N]\n"
-           "         [--backend cuda|cpu|auto] [--seed N]\n\n"
+           "         [--backend cuda|cpu|auto] [--seed N] [--profile]\n\n"
            "Measures prompt (PP) and generation (TG) throughput for B parallel sequences,\n"
            "like llama.cpp's batched-bench: all B prompts are prefilled, then TG decode\n"
            "steps run for all B. Prints a table: PP, TG, B, N_KV, T_PP s, S_PP t/s,\n"
            "T_TG s, S_TG t/s, T s, S t/s. --synthetic builds random AWQ int4 weights of\n"
-           "the named shapes on the GPU (no files; CUDA only). Greedy decoding.\n");
+           "the named shapes on the GPU (no files; CUDA only). Greedy decoding.\n"
+           "--profile (CUDA) times every operation with events (slower) and prints\n"
+           "where the GPU time goes after each row.\n");
 }
 
 static uint64_t mix(uint64_t z)
@@ -159,12 +161,14 @@ int cmd_bench(int argc, char **argv)
                                          {"max-kv-tokens", required_argument, 0, 'K'},
                                          {"backend", required_argument, 0, 'b'},
                                          {"seed", required_argument, 0, 'S'},
+                                         {"profile", no_argument, 0, 'P'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *synth = NULL, *dir = NULL;
     int npp[BENCH_MAX_LIST] = {512}, ntg[BENCH_MAX_LIST] = {128}, npl[BENCH_MAX_LIST] = {1};
     int n_pp = 1, n_tg = 1, n_pl = 1, c;
     uint64_t seed = 1;
+    int profile = 0;
     eng_options eo = {.backend = ENG_BACKEND_AUTO};
     optind = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -208,10 +212,12 @@ int cmd_bench(int argc, char **argv)
                 return cli_fail("bench", EXIT_USAGE, "--backend must be cuda, cpu or auto");
             break;
         case 'S': seed = strtoull(optarg, NULL, 10); break;
+        case 'P': profile = 1; break;
         case 'h': usage(); return EXIT_OK;
         default: return EXIT_USAGE;
         }
     }
+    (void)profile; /* used by the CUDA build only */
     if (!synth == !dir)
         return cli_fail("bench", EXIT_USAGE, "give exactly one of --synthetic NAME or --model DIR");
     int max_b = 1;
@@ -267,11 +273,16 @@ int cmd_bench(int argc, char **argv)
 
     int rc = EXIT_OK;
     double tp, tt;
-    /* Warm-up: cuBLAS heuristics, module loading, first-touch of pages. */
-    if (run_one(e, npp[0] < 256 ? npp[0] : 256, 4, 1, cfg.vocab_size, seed, &tp, &tt, &err)) {
-        rc = cli_fail("bench", EXIT_FAILURE_, "%s", err.msg);
+    /* Warm-up, untimed: each prompt length once (cuBLAS loads its kernels
+     * lazily, per shape) and each batch size once (decode graphs). */
+    for (int a = 0; a < n_pp && rc == EXIT_OK; a++)
+        if (run_one(e, npp[a], 2, 1, cfg.vocab_size, seed, &tp, &tt, &err))
+            rc = cli_fail("bench", EXIT_FAILURE_, "%s", err.msg);
+    for (int l = 0; l < n_pl && rc == EXIT_OK; l++)
+        if (run_one(e, 16, 3, npl[l], cfg.vocab_size, seed, &tp, &tt, &err))
+            rc = cli_fail("bench", EXIT_FAILURE_, "%s", err.msg);
+    if (rc != EXIT_OK)
         goto out;
-    }
     printf("\n|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s "
            "|    S t/s |\n"
            "|-------|--------|------|--------|----------|----------|----------|----------|--------"
@@ -286,6 +297,10 @@ int cmd_bench(int argc, char **argv)
                            pp, tg, B, n_kv, n_kv, (long long)eng_kv_free_tokens(e));
                     continue;
                 }
+#ifdef HAVE_CUDA
+                if (profile)
+                    cuda_engine_set_profiling(e, 1);
+#endif
                 if (run_one(e, pp, tg, B, cfg.vocab_size, seed + (uint64_t)a * 1000 + l, &tp, &tt,
                             &err)) {
                     rc = cli_fail("bench", EXIT_FAILURE_, "%s", err.msg);
@@ -295,6 +310,11 @@ int cmd_bench(int argc, char **argv)
                 printf("| %5d | %6d | %4d | %6lld | %8.3f | %8.2f | %8.3f | %8.2f | %8.3f | %8.2f |\n",
                        pp, tg, B, n_kv, tp, (double)B * pp / tp, tt,
                        tg ? (double)B * tg / tt : 0.0, T, (double)n_kv / T);
+#ifdef HAVE_CUDA
+                static char report[8192];
+                if (profile && cuda_engine_profile_report(e, report, sizeof report) == 0)
+                    printf("%s", report);
+#endif
                 fflush(stdout);
             }
 out:
