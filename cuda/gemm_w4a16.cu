@@ -134,27 +134,96 @@ static __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int j, __hal
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
+static __device__ __forceinline__ void cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N_PENDING>
+static __device__ __forceinline__ void cp_async_wait_pending(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N_PENDING) : "memory");
+}
+
+/* Shared memory of one pipeline stage: the block's weights for one 256-deep
+ * chunk (16 column tiles x 4 k-tiles x 32 lanes x 16 bytes), the rows of x,
+ * and the scale/zero pairs of the 4 k-tiles (when group % 64 == 0). */
+template <int MT, int WARPS>
+struct w4_stage {
+    static constexpr int BN = WARPS * W4_NPW * 16;     /* columns per block */
+    static constexpr int W = WARPS * W4_NPW * 4 * 32; /* uint4 */
+    static constexpr int X = MT * 16 * W4_LDS;        /* halves */
+    static constexpr int S = 4 * BN;                  /* half2 */
+    static constexpr size_t BYTES = (size_t)W * 16 + (size_t)X * 2 + (size_t)S * 4;
+};
+
+template <int MT, int WARPS, int STAGES>
+static __host__ __device__ constexpr size_t w4_smem_bytes()
+{
+    return w4_stage<MT, WARPS>::BYTES * STAGES;
+}
+
 /*
  * Block: 8 warps x 32 columns = 256 columns, all MT*16 rows, k chunks
- * [c_begin, c_end) of 256. grid (N / 256, splits, M / (MT*16)).
+ * [c_begin, c_end) of 256. grid (N / 256, splits). A cp.async pipeline keeps
+ * STAGES - 1 chunks of weights, activations and scales in flight while the
+ * warps multiply the oldest one: the loads of a chunk never wait for the
+ * arithmetic of the previous one, which is what lets a single batch row run
+ * at memory speed.
  */
-template <int MT>
-__global__ void __launch_bounds__(W4_WARPS * 32, 2)
+template <int MT, int WARPS, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32, 1)
     w4a16_mma_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                      const __half2 *__restrict__ sz, int K, int N, int group, int chunks_per_split,
                      __half *__restrict__ y, int ldy, float *__restrict__ part)
 {
-    __shared__ __align__(16) __half sx[MT * 16 * W4_LDS];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    typedef w4_stage<MT, WARPS> SG;
+    constexpr int BN = SG::BN;
+    extern __shared__ __align__(16) unsigned char w4_smem[];
+    uint4 *sw = reinterpret_cast<uint4 *>(w4_smem);
+    __half *sx = reinterpret_cast<__half *>(sw + STAGES * SG::W);
+    __half2 *ss = reinterpret_cast<__half2 *>(sx + STAGES * SG::X);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tq = lane & 3;
     const int kt_count = K / 64, nt_count = N / 16;
-    const int m0 = blockIdx.z * MT * 16;
-    const int rows = min(M - m0, MT * 16);
-    const int nt0 = (blockIdx.x * W4_WARPS + warp) * W4_NPW;
+    const int rows = min(M, MT * 16);
+    const int ntb = blockIdx.x * WARPS * W4_NPW; /* first column tile of the block */
+    const int nt0 = ntb + warp * W4_NPW;
     const int n_chunks = (K + W4_KC - 1) / W4_KC;
     const int c_begin = blockIdx.y * chunks_per_split;
     const int c_end = min(c_begin + chunks_per_split, n_chunks);
     const bool group64 = group % 64 == 0;
+
+    auto issue = [&](int c, int st) {
+        const int kt0 = c * 4, n_kt = min(4, kt_count - kt0);
+        uint4 *dw = sw + st * SG::W;
+        for (int idx = tid; idx < SG::W; idx += WARPS * 32) {
+            const int l = idx & 31, i = (idx >> 5) & 3, tile = idx >> 7;
+            const int nt = ntb + tile;
+            const bool ok = i < n_kt && nt < nt_count;
+            cp_async16(dw + idx, ok ? qw + ((int64_t)nt * kt_count + kt0 + i) * 32 + l : qw,
+                       ok ? 16 : 0);
+        }
+        __half *dx = sx + st * SG::X;
+        for (int idx = tid; idx < MT * 16 * (W4_KC / 8); idx += WARPS * 32) {
+            const int r = idx / (W4_KC / 8), cc = idx % (W4_KC / 8);
+            const int k = c * W4_KC + cc * 8;
+            const bool ok = r < rows && k < K;
+            cp_async16(dx + r * W4_LDS + cc * 8, ok ? x + (int64_t)r * ldx + k : x, ok ? 16 : 0);
+        }
+        if (group64) {
+            __half2 *ds = ss + st * SG::S;
+            for (int idx = tid; idx < SG::S / 4; idx += WARPS * 32) {
+                const int i = idx / (BN / 4), cc = idx % (BN / 4);
+                const int n = ntb * 16 + cc * 4;
+                const bool ok = i < n_kt && n < N;
+                const int grp = ok ? (kt0 + i) * 64 / group : 0;
+                cp_async16(ds + i * BN + cc * 4, ok ? sz + (int64_t)grp * N + n : sz,
+                           ok ? 16 : 0);
+            }
+        }
+    };
 
     float acc[MT][W4_NPW * 2][4];
 #pragma unroll
@@ -165,44 +234,51 @@ __global__ void __launch_bounds__(W4_WARPS * 32, 2)
             for (int c = 0; c < 4; c++)
                 acc[a][b][c] = 0.0f;
 
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (c_begin + st < c_end)
+            issue(c_begin + st, st);
+        cp_async_commit();
+    }
+    int st = 0;
     for (int c = c_begin; c < c_end; c++) {
-        const int kt0 = c * 4;
-        const int n_kt = min(4, kt_count - kt0);
-        /* Issue this chunk's weight loads before waiting on x. */
-        uint4 wv[4][W4_NPW];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < W4_NPW; j++)
-                wv[i][j] = (i < n_kt && nt0 + j < nt_count)
-                               ? ld_stream(qw + ((int64_t)(nt0 + j) * kt_count + kt0 + i) * 32 + lane)
-                               : make_uint4(0, 0, 0, 0);
+        cp_async_wait_pending<STAGES - 2>();
         __syncthreads();
-        for (int idx = threadIdx.x; idx < MT * 16 * (W4_KC / 8); idx += W4_WARPS * 32) {
-            int r = idx / (W4_KC / 8), cc = idx % (W4_KC / 8);
-            int k = c * W4_KC + cc * 8;
-            bool ok = r < rows && k < K;
-            cp_async16(sx + r * W4_LDS + cc * 8, ok ? x + (int64_t)(m0 + r) * ldx + k : x, ok ? 16 : 0);
+        {
+            const int cn = c + STAGES - 1;
+            if (cn < c_end)
+                issue(cn, (st + STAGES - 1) % STAGES);
+            cp_async_commit();
         }
-        cp_async_wait_all();
-        __syncthreads();
+        const int kt0 = c * 4, n_kt = min(4, kt_count - kt0);
+        const uint4 *cw = sw + st * SG::W;
+        const __half *cx = sx + st * SG::X;
+        const __half2 *cs = ss + st * SG::S;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             if (i >= n_kt)
                 break;
+            uint4 wv[W4_NPW];
+#pragma unroll
+            for (int j = 0; j < W4_NPW; j++)
+                wv[j] = cw[((warp * W4_NPW + j) * 4 + i) * 32 + lane];
             __half2 s2[W4_NPW][2], z2[W4_NPW][2];
-            const int kt = kt0 + i;
 #pragma unroll
             for (int ks = 0; ks < 4; ks++) {
                 if (ks == 0 || !group64) {
-                    int grp = (kt * 64 + ks * 16) / group;
+                    const int grp = ((kt0 + i) * 64 + ks * 16) / group;
 #pragma unroll
                     for (int j = 0; j < W4_NPW; j++)
 #pragma unroll
                         for (int t = 0; t < 2; t++) {
-                            int n = (nt0 + j) * 16 + t * 8 + g;
-                            __half2 v = (nt0 + j < nt_count) ? sz[(int64_t)grp * N + n]
-                                                             : __floats2half2_rn(0.f, 0.f);
+                            const int col = (warp * W4_NPW + j) * 16 + t * 8 + g; /* in block */
+                            __half2 v;
+                            if (nt0 + j >= nt_count)
+                                v = __floats2half2_rn(0.f, 0.f);
+                            else if (group64)
+                                v = cs[i * BN + col];
+                            else
+                                v = sz[(int64_t)grp * N + ntb * 16 + col];
                             s2[j][t] = __low2half2(v);
                             z2[j][t] = __high2half2(v);
                         }
@@ -210,15 +286,15 @@ __global__ void __launch_bounds__(W4_WARPS * 32, 2)
                 uint32_t afrag[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
-                    ldmatrix_x4(afrag[mt], sx + (mt * 16 + (lane & 15)) * W4_LDS + i * 64 + ks * 16 +
+                    ldmatrix_x4(afrag[mt], cx + (mt * 16 + (lane & 15)) * W4_LDS + i * 64 + ks * 16 +
                                                (lane >> 4) * 8);
 #pragma unroll
                 for (int j = 0; j < W4_NPW; j++) {
-                    uint32_t w = ks == 0 ? wv[i][j].x : ks == 1 ? wv[i][j].y : ks == 2 ? wv[i][j].z : wv[i][j].w;
+                    const uint32_t w = ks == 0 ? wv[j].x : ks == 1 ? wv[j].y : ks == 2 ? wv[j].z : wv[j].w;
 #pragma unroll
                     for (int t = 0; t < 2; t++) {
-                        uint32_t b0 = dequant_pair(w, 2 * t, s2[j][t], z2[j][t]);
-                        uint32_t b1 = dequant_pair(w, 2 * t + 1, s2[j][t], z2[j][t]);
+                        const uint32_t b0 = dequant_pair(w, 2 * t, s2[j][t], z2[j][t]);
+                        const uint32_t b1 = dequant_pair(w, 2 * t + 1, s2[j][t], z2[j][t]);
 #pragma unroll
                         for (int mt = 0; mt < MT; mt++)
                             mma_16816(acc[mt][j * 2 + t], afrag[mt], b0, b1);
@@ -226,7 +302,9 @@ __global__ void __launch_bounds__(W4_WARPS * 32, 2)
                 }
             }
         }
+        st = (st + 1) % STAGES;
     }
+    cp_async_wait_pending<0>();
 
     /* Epilogue: rows mt*16 + g (+8), columns n, n+1. */
 #pragma unroll
@@ -237,21 +315,18 @@ __global__ void __launch_bounds__(W4_WARPS * 32, 2)
                 continue;
 #pragma unroll
             for (int t = 0; t < 2; t++) {
-                int n = (nt0 + j) * 16 + t * 8 + 2 * tq;
+                const int n = (nt0 + j) * 16 + t * 8 + 2 * tq;
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    int r = mt * 16 + g + h * 8;
+                    const int r = mt * 16 + g + h * 8;
                     if (r >= rows)
                         continue;
-                    float v0 = acc[mt][j * 2 + t][2 * h], v1 = acc[mt][j * 2 + t][2 * h + 1];
-                    if (part) {
-                        float2 *p = reinterpret_cast<float2 *>(
-                            part + ((int64_t)blockIdx.y * M + m0 + r) * N + n);
-                        *p = make_float2(v0, v1);
-                    } else {
-                        *reinterpret_cast<__half2 *>(y + (int64_t)(m0 + r) * ldy + n) =
-                            __floats2half2_rn(v0, v1);
-                    }
+                    const float v0 = acc[mt][j * 2 + t][2 * h], v1 = acc[mt][j * 2 + t][2 * h + 1];
+                    if (part)
+                        *reinterpret_cast<float2 *>(part + ((int64_t)blockIdx.y * M + r) * N + n) =
+                            make_float2(v0, v1);
+                    else
+                        *reinterpret_cast<__half2 *>(y + (int64_t)r * ldy + n) = __floats2half2_rn(v0, v1);
                 }
             }
         }
@@ -275,14 +350,39 @@ __global__ void w4a16_reduce_kernel(const float *__restrict__ part, int splits, 
     *reinterpret_cast<__half2 *>(y + m * ldy + n) = __floats2half2_rn(a, b);
 }
 
-template <int MT>
+template <int MT, int WARPS, int STAGES>
 static void launch_mma(dim3 grid, const __half *x, int M, int ldx, const uint4 *qw,
                        const __half2 *sz, int K, int N, int group, int cps, __half *y, int ldy,
                        float *part, cudaStream_t s)
 {
-    w4a16_mma_kernel<MT><<<grid, W4_WARPS * 32, 0, s>>>(x, M, ldx, qw, sz, K, N, group, cps, y, ldy,
-                                                         part);
+    constexpr size_t smem = w4_smem_bytes<MT, WARPS, STAGES>();
+    static bool attr_set = false;
+    if (!attr_set) {
+        cudaFuncSetAttribute(w4a16_mma_kernel<MT, WARPS, STAGES>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        attr_set = true;
+    }
+    w4a16_mma_kernel<MT, WARPS, STAGES><<<grid, WARPS * 32, smem, s>>>(x, M, ldx, qw, sz, K, N, group,
+                                                                      cps, y, ldy, part);
 }
+
+/* The kernel shape by the device's shared memory: H100-class (227 KB per
+ * block) takes 256-column blocks, 64 rows and a 3-4 stage pipeline; smaller
+ * parts (the 3090's 99 KB) 128-column blocks, 32 rows, 2 stages. */
+static int w4_big(void)
+{
+    static int big = -1;
+    if (big < 0) {
+        int dev = 0, v = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        big = v >= 220 * 1024;
+    }
+    return big;
+}
+
+static int w4_block_n(void) { return w4_big() ? W4_BLOCK_N : W4_BLOCK_N / 2; }
+static int w4_rows(void) { return w4_big() ? 64 : 32; }
 
 /*
  * The split of K depends on N, K and the GPU only, never on M, and rows are
@@ -292,14 +392,26 @@ static void launch_mma(dim3 grid, const __half *x, int M, int ldx, const uint4 *
  */
 extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
 {
-    int n_blocks = (N + W4_BLOCK_N - 1) / W4_BLOCK_N;
+    /* One resident block per SM (the pipeline's shared memory). Time ~ waves
+     * x (chunks per block + 1 for filling the pipeline): pick the split that
+     * minimizes it, so a 136-block wave on 132 SMs does not cost two. */
+    int n_blocks = (N + w4_block_n() - 1) / w4_block_n();
     int n_chunks = (K + W4_KC - 1) / W4_KC;
-    /* Several blocks per SM even for wide N: one 136-block wave on 132 SMs
-     * would leave most SMs idle for half the time. */
-    int want = 4 * n_sm / n_blocks;
-    int splits = want < 1 ? 1 : want > n_chunks ? n_chunks : want;
-    int cps = (n_chunks + splits - 1) / splits;
-    return (n_chunks + cps - 1) / cps;
+    int best = 1;
+    long best_cost = -1;
+    for (int sp = 1; sp <= n_chunks && sp <= 64; sp++) {
+        int cps = (n_chunks + sp - 1) / sp;
+        int real = (n_chunks + cps - 1) / cps;
+        if (real != sp)
+            continue;
+        long waves = ((long)n_blocks * sp + n_sm - 1) / n_sm;
+        long cost = waves * (cps + 1);
+        if (best_cost < 0 || cost < best_cost) {
+            best_cost = cost;
+            best = sp;
+        }
+    }
+    return best;
 }
 
 extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *qw, const void *sz,
@@ -310,26 +422,34 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
         return cudaSuccess;
     if (K % 64 || N % 16 || group % 16 || K % group || ldx % 8 || ldy % 2)
         return cudaErrorInvalidValue;
-    int n_blocks = (N + W4_BLOCK_N - 1) / W4_BLOCK_N;
+    int n_blocks = (N + w4_block_n() - 1) / w4_block_n();
     int n_chunks = (K + W4_KC - 1) / W4_KC;
     int splits = cu_w4a16_splits(K, N, n_sm);
     int cps = (n_chunks + splits - 1) / splits;
-    if (splits > 1 && (size_t)splits * 64 * N > part_floats)
+    int step = w4_rows();
+    if (splits > 1 && (size_t)splits * step * N > part_floats)
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
-    for (int m0 = 0; m0 < M; m0 += 64) {
-        int rows = M - m0 < 64 ? M - m0 : 64;
+    const bool big = w4_big();
+    for (int m0 = 0; m0 < M; m0 += step) {
+        int rows = M - m0 < step ? M - m0 : step;
         int mt = (rows + 15) / 16;
-        dim3 grid(n_blocks, splits, 1);
+        dim3 grid(n_blocks, splits);
         float *p = splits > 1 ? part : NULL;
         const __half *xh = (const __half *)x + (int64_t)m0 * ldx;
         __half *yh = (__half *)y + (int64_t)m0 * ldy;
         const uint4 *q4 = (const uint4 *)qw;
         const __half2 *s2 = (const __half2 *)sz;
-        switch (mt) {
-        case 1: launch_mma<1>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
-        case 2: launch_mma<2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
-        case 3: launch_mma<3>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
-        default: launch_mma<4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+        if (big) {
+            switch (mt) {
+            case 1: launch_mma<1, 8, 4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            case 2: launch_mma<2, 8, 4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            case 3: launch_mma<3, 8, 3>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            default: launch_mma<4, 8, 3>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            }
+        } else if (mt == 1) {
+            launch_mma<1, 4, 2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s);
+        } else {
+            launch_mma<2, 4, 2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s);
         }
         if (splits > 1) {
             int64_t pairs = (int64_t)rows * N / 2;
@@ -343,7 +463,7 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
 extern "C" size_t cu_w4a16_part_floats(int K, int N, int n_sm)
 {
     int splits = cu_w4a16_splits(K, N, n_sm);
-    return splits > 1 ? (size_t)splits * 64 * N : 0;
+    return splits > 1 ? (size_t)splits * w4_rows() * N : 0;
 }
 
 /* ---- dequantization for cuBLAS ---- */
