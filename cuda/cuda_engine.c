@@ -278,7 +278,13 @@ static int upload_f32(cuda_engine *e, const model_tensor *t, int64_t n, float **
     model_tensor_to_f32(t, 0, n, h);
     int rc = dev_alloc(e, (void **)dst, sizeof *h * (size_t)n, what, err);
     if (!rc) {
-        cudaError_t ce = cudaMemcpy(*dst, h, sizeof *h * (size_t)n, cudaMemcpyHostToDevice);
+        /* Stream-ordered copies only: a plain cudaMemcpy from pageable memory
+         * may return before its DMA lands, and our non-blocking stream would
+         * not wait for it. */
+        cudaError_t ce = cudaMemcpyAsync(*dst, h, sizeof *h * (size_t)n, cudaMemcpyHostToDevice,
+                                         e->stream);
+        if (ce == cudaSuccess)
+            ce = cudaStreamSynchronize(e->stream);
         if (ce != cudaSuccess)
             rc = errorf(err, "uploading %s: %s", what, cudaGetErrorString(ce));
     }
@@ -335,7 +341,10 @@ static int load_linear(cuda_engine *e, struct cu_linear *L, const model_linear *
             if (!w)
                 return errorf(err, "out of host memory");
             model_linear_to_f32(l, w);
-            cudaError_t ce = cudaMemcpy(tmp, w, sizeof *w * (size_t)n_src * K, cudaMemcpyHostToDevice);
+            cudaError_t ce = cudaMemcpyAsync(tmp, w, sizeof *w * (size_t)n_src * K,
+                                             cudaMemcpyHostToDevice, e->stream);
+            if (ce == cudaSuccess)
+                ce = cudaStreamSynchronize(e->stream);
             free(w);
             CU_CHECK(ce);
             CU_CHECK(cu_to_f16(tmp, MODEL_F32, (size_t)n_src * K, dst, e->stream));
@@ -632,8 +641,9 @@ static int engine_begin(cuda_engine **out, const model_config *cfg, const eng_op
     model_rope_inv_freq(cfg, inv, &e->attn_factor);
     int rc = dev_alloc(e, (void **)&e->inv_freq, sizeof *inv * (size_t)(cfg->head_dim / 2),
                        "rope tables", err);
-    if (!rc && cudaMemcpy(e->inv_freq, inv, sizeof *inv * (size_t)(cfg->head_dim / 2),
-                          cudaMemcpyHostToDevice) != cudaSuccess)
+    if (!rc && (cudaMemcpyAsync(e->inv_freq, inv, sizeof *inv * (size_t)(cfg->head_dim / 2),
+                                cudaMemcpyHostToDevice, e->stream) != cudaSuccess ||
+                cudaStreamSynchronize(e->stream) != cudaSuccess))
         rc = errorf(err, "uploading rope tables failed");
     free(inv);
     return rc;
