@@ -17,6 +17,9 @@
  */
 #include "common.cuh"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #define W4_KC 256            /* k per shared-memory chunk of x */
 #define W4_LDS (W4_KC + 8)   /* padded row (halves): conflict-free ldmatrix */
 #define W4_WARPS 8
@@ -366,23 +369,60 @@ static void launch_mma(dim3 grid, const __half *x, int M, int ldx, const uint4 *
                                                                       cps, y, ldy, part);
 }
 
-/* The kernel shape by the device's shared memory: H100-class (227 KB per
- * block) takes 256-column blocks, 64 rows and a 3-4 stage pipeline; smaller
- * parts (the 3090's 99 KB) 128-column blocks, 32 rows, 2 stages. */
-static int w4_big(void)
+template <int MT, int WARPS, int STAGES>
+static int occupancy(void)
 {
-    static int big = -1;
-    if (big < 0) {
-        int dev = 0, v = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-        big = v >= 220 * 1024;
-    }
-    return big;
+    constexpr size_t smem = w4_smem_bytes<MT, WARPS, STAGES>();
+    cudaFuncSetAttribute(w4a16_mma_kernel<MT, WARPS, STAGES>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4a16_mma_kernel<MT, WARPS, STAGES>,
+                                                      WARPS * 32, smem) != cudaSuccess)
+        n = 1;
+    cudaGetLastError();
+    return n > 0 ? n : 1;
 }
 
-static int w4_block_n(void) { return w4_big() ? W4_BLOCK_N : W4_BLOCK_N / 2; }
-static int w4_rows(void) { return w4_big() ? 64 : 32; }
+/*
+ * Kernel shapes. H100-class parts (227 KB of shared memory per block) run
+ * 64-row launches; smaller ones (the 3090's 99 KB) 32-row launches with
+ * 128-column blocks and 2 stages. The shape for one row tile (decode) can be
+ * chosen with QWEN3_BATCH_W4_DECODE=warps,stages (for measurements).
+ */
+struct w4_cfg {
+    int big, rows;
+    int dec_warps, dec_stages; /* MT == 1 */
+    int slots_per_sm;          /* resident blocks per SM of the MT == 1 shape */
+};
+
+static const w4_cfg *w4_config(void)
+{
+    static w4_cfg cfg;
+    static int done = 0;
+    if (done)
+        return &cfg;
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cfg.big = v >= 220 * 1024;
+    cfg.rows = cfg.big ? 64 : 32;
+    cfg.dec_warps = cfg.big ? 8 : 4;
+    cfg.dec_stages = cfg.big ? 4 : 2;
+    const char *env = getenv("QWEN3_BATCH_W4_DECODE");
+    int w = 0, st = 0;
+    if (cfg.big && env && sscanf(env, "%d,%d", &w, &st) == 2 && (w == 4 || w == 8) &&
+        (st == 2 || st == 4)) {
+        cfg.dec_warps = w;
+        cfg.dec_stages = st;
+    }
+    int code = cfg.dec_warps * 10 + cfg.dec_stages;
+    cfg.slots_per_sm = code == 84 ? occupancy<1, 8, 4>() : code == 82 ? occupancy<1, 8, 2>()
+                     : code == 44 ? occupancy<1, 4, 4>() : occupancy<1, 4, 2>();
+    done = 1;
+    return &cfg;
+}
+
+static int w4_rows(void) { return w4_config()->rows; }
 
 /*
  * The split of K depends on N, K and the GPU only, never on M, and rows are
@@ -392,11 +432,14 @@ static int w4_rows(void) { return w4_big() ? 64 : 32; }
  */
 extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
 {
-    /* One resident block per SM (the pipeline's shared memory). Time ~ waves
-     * x (chunks per block + 1 for filling the pipeline): pick the split that
-     * minimizes it, so a 136-block wave on 132 SMs does not cost two. */
-    int n_blocks = (N + w4_block_n() - 1) / w4_block_n();
+    /* Time ~ waves x (chunks per block + 1 for filling the pipeline), for the
+     * decode shape: pick the split that minimizes it, so that a 136-block
+     * wave on 132 SMs does not cost two. */
+    const w4_cfg *cf = w4_config();
+    int bn = cf->dec_warps * W4_NPW * 16;
+    int n_blocks = (N + bn - 1) / bn;
     int n_chunks = (K + W4_KC - 1) / W4_KC;
+    long slots = (long)n_sm * cf->slots_per_sm;
     int best = 1;
     long best_cost = -1;
     for (int sp = 1; sp <= n_chunks && sp <= 64; sp++) {
@@ -404,7 +447,7 @@ extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
         int real = (n_chunks + cps - 1) / cps;
         if (real != sp)
             continue;
-        long waves = ((long)n_blocks * sp + n_sm - 1) / n_sm;
+        long waves = ((long)n_blocks * sp + slots - 1) / slots;
         long cost = waves * (cps + 1);
         if (best_cost < 0 || cost < best_cost) {
             best_cost = cost;
@@ -422,32 +465,37 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
         return cudaSuccess;
     if (K % 64 || N % 16 || group % 16 || K % group || ldx % 8 || ldy % 2)
         return cudaErrorInvalidValue;
-    int n_blocks = (N + w4_block_n() - 1) / w4_block_n();
+    const w4_cfg *cf = w4_config();
     int n_chunks = (K + W4_KC - 1) / W4_KC;
     int splits = cu_w4a16_splits(K, N, n_sm);
     int cps = (n_chunks + splits - 1) / splits;
-    int step = w4_rows();
+    int step = cf->rows;
     if (splits > 1 && (size_t)splits * step * N > part_floats)
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
-    const bool big = w4_big();
     for (int m0 = 0; m0 < M; m0 += step) {
         int rows = M - m0 < step ? M - m0 : step;
         int mt = (rows + 15) / 16;
-        dim3 grid(n_blocks, splits);
+        int warps = mt == 1 ? cf->dec_warps : cf->big ? 8 : 4;
+        int bn = warps * W4_NPW * 16;
+        dim3 grid((N + bn - 1) / bn, splits);
         float *p = splits > 1 ? part : NULL;
         const __half *xh = (const __half *)x + (int64_t)m0 * ldx;
         __half *yh = (__half *)y + (int64_t)m0 * ldy;
         const uint4 *q4 = (const uint4 *)qw;
         const __half2 *s2 = (const __half2 *)sz;
-        if (big) {
+        if (mt == 1) {
+            switch (cf->dec_warps * 10 + cf->dec_stages) {
+            case 84: launch_mma<1, 8, 4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            case 82: launch_mma<1, 8, 2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            case 44: launch_mma<1, 4, 4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            default: launch_mma<1, 4, 2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
+            }
+        } else if (cf->big) {
             switch (mt) {
-            case 1: launch_mma<1, 8, 4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
             case 2: launch_mma<2, 8, 4>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
             case 3: launch_mma<3, 8, 3>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
             default: launch_mma<4, 8, 3>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s); break;
             }
-        } else if (mt == 1) {
-            launch_mma<1, 4, 2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s);
         } else {
             launch_mma<2, 4, 2>(grid, xh, rows, ldx, q4, s2, K, N, group, cps, yh, ldy, p, s);
         }
