@@ -422,7 +422,7 @@ static void plan_gemm_part(cuda_engine *e)
             if (f > mx)
                 mx = f;
         }
-    e->gemm_part_floats = mx;
+    e->gemm_part_floats = mx > 0 ? mx : cu_w4a16_part_floats(64, 16, e->n_sm);
     e->att_parts_max = e->max_seqs * c->n_kv_heads * ATT_MAX_SPLITS;
 }
 
@@ -468,6 +468,7 @@ static int alloc_activations(cuda_engine *e, errbuf *err)
         CU_CHECK(cudaHostAlloc(&e->embed_stage_h, b, cudaHostAllocDefault));
     }
     CU_CHECK(cudaHostAlloc((void **)&e->samp_h, (size_t)e->max_seqs * 4, cudaHostAllocDefault));
+    CU_CHECK(cu_w4a16_init_scratch(e->gemm_part, e->gemm_part_floats, e->stream));
     /* lm_head always multiplies LOGIT_ROWS rows (batch invariance): keep unused rows finite. */
     CU_CHECK(cudaMemsetAsync(e->hl, 0, LOGIT_ROWS * H * 2, e->stream));
     BLAS_CHECK(cublasSetWorkspace(e->blas, e->blas_ws, BLAS_WS_BYTES));

@@ -102,8 +102,10 @@ cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *qw, const v
                           int N, int group, void *y, int ldy, float *part, size_t part_floats,
                           int n_sm, cudaStream_t s);
 
-/* Scratch floats cu_w4a16_gemm needs for this shape (0: no split). */
+/* Scratch floats cu_w4a16_gemm needs for this shape; zero the scratch once
+ * with cu_w4a16_init_scratch before the first product. */
 size_t cu_w4a16_part_floats(int K, int N, int n_sm);
+cudaError_t cu_w4a16_init_scratch(float *part, size_t part_floats, cudaStream_t s);
 int cu_w4a16_splits(int K, int N, int n_sm);
 
 /* Dequantizes columns [n_begin, n_begin + n_count) to fp16 w[n_count][K]

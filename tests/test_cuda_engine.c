@@ -252,7 +252,7 @@ static void test_gemm_ops(int K, int N, int group)
     float *part;
     int n_sm = 0;
     cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0);
-    size_t pf = cu_w4a16_part_floats(K, N, n_sm) + 1;
+    size_t pf = cu_w4a16_part_floats(K, N, n_sm);
     CHECK(cudaMalloc(&dq, l.qweight.n_bytes) == cudaSuccess);
     CHECK(cudaMalloc(&dz, l.qzeros.n_bytes) == cudaSuccess);
     CHECK(cudaMalloc(&ds, l.scales.n_bytes) == cudaSuccess);
@@ -262,6 +262,7 @@ static void test_gemm_ops(int K, int N, int group)
     CHECK(cudaMalloc(&dy, 2 * (size_t)maxM * N) == cudaSuccess);
     CHECK(cudaMalloc(&dw, 2 * (size_t)K * N) == cudaSuccess);
     CHECK(cudaMalloc((void **)&part, pf * 4) == cudaSuccess);
+    CHECK(cu_w4a16_init_scratch(part, pf, 0) == cudaSuccess);
     cudaMemcpy(dq, l.qweight.data, l.qweight.n_bytes, cudaMemcpyHostToDevice);
     cudaMemcpy(dz, l.qzeros.data, l.qzeros.n_bytes, cudaMemcpyHostToDevice);
     cudaMemcpy(ds, l.scales.data, l.scales.n_bytes, cudaMemcpyHostToDevice);
