@@ -94,19 +94,35 @@ __global__ void __launch_bounds__(WARPS * 32)
         cp_async_wait_all();
         __syncthreads();
         if (I8) {
+            /* int8 -> fp16 (K exact, its scale applied to S below):
+             * 0x64XX is 1024 + XX in fp16, so with XX = b ^ 0x80 one byte
+             * permute and one subtraction of 1152 give b. */
+            const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
             for (int c = threadIdx.x; c < KB * CH; c += NT) {
                 const int key = c / CH, dc = c % CH;
-                const int8_t *kb8 = sK8 + key * D + dc * 8, *vb8 = sV8 + key * D + dc * 8;
-                const float ksc = sKs[key], vsc = sVs[key];
-                uint4 kvec, vvec;
-                uint32_t *kw = reinterpret_cast<uint32_t *>(&kvec), *vw = reinterpret_cast<uint32_t *>(&vvec);
+                const uint2 kq = *reinterpret_cast<const uint2 *>(sK8 + key * D + dc * 8);
+                const uint2 vq = *reinterpret_cast<const uint2 *>(sV8 + key * D + dc * 8);
+                const uint32_t src[4] = {kq.x ^ 0x80808080u, kq.y ^ 0x80808080u,
+                                         vq.x ^ 0x80808080u, vq.y ^ 0x80808080u};
+                /* V is scaled here (P * scale could underflow fp16); K's scale
+                 * goes on S in fp32. */
+                const __half2 vsc = __float2half2_rn(sVs[key]);
+                uint32_t out[8];
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    kw[i] = pack_half2((float)kb8[2 * i] * ksc, (float)kb8[2 * i + 1] * ksc);
-                    vw[i] = pack_half2((float)vb8[2 * i] * vsc, (float)vb8[2 * i + 1] * vsc);
+                    uint32_t lo = __byte_perm(src[i], 0x64646464u, 0x4140);
+                    uint32_t hi = __byte_perm(src[i], 0x64646464u, 0x4342);
+                    __half2 l2 = __hsub2(*reinterpret_cast<__half2 *>(&lo), bias);
+                    __half2 h2 = __hsub2(*reinterpret_cast<__half2 *>(&hi), bias);
+                    if (i >= 2) {
+                        l2 = __hmul2(l2, vsc);
+                        h2 = __hmul2(h2, vsc);
+                    }
+                    out[2 * i] = *reinterpret_cast<uint32_t *>(&l2);
+                    out[2 * i + 1] = *reinterpret_cast<uint32_t *>(&h2);
                 }
-                *reinterpret_cast<uint4 *>(sK + key * LDS + dc * 8) = kvec;
-                *reinterpret_cast<uint4 *>(sV + key * LDS + dc * 8) = vvec;
+                *reinterpret_cast<uint4 *>(sK + key * LDS + dc * 8) = make_uint4(out[0], out[1], out[2], out[3]);
+                *reinterpret_cast<uint4 *>(sV + key * LDS + dc * 8) = make_uint4(out[4], out[5], out[6], out[7]);
             }
             __syncthreads();
         }
@@ -128,6 +144,16 @@ __global__ void __launch_bounds__(WARPS * 32)
         float mx0 = -INFINITY, mx1 = -INFINITY;
         /* Tiles wholly below the diagonal (most of a long prefill) skip the mask. */
         const bool visible = kb + KB <= w.key_end && kb + KB - 1 <= min(pos0, pos1);
+        if (I8) {
+#pragma unroll
+            for (int nt = 0; nt < KB / 8; nt++) {
+                const float k0 = sKs[nt * 8 + 2 * tq], k1 = sKs[nt * 8 + 2 * tq + 1];
+                s[nt][0] *= k0;
+                s[nt][1] *= k1;
+                s[nt][2] *= k0;
+                s[nt][3] *= k1;
+            }
+        }
         if (visible) {
 #pragma unroll
             for (int nt = 0; nt < KB / 8; nt++) {

@@ -202,16 +202,22 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     const int c_end = min(c_begin + chunks_per_split, n_chunks);
     const bool group64 = group % 64 == 0;
 
+    /* Each warp fetches the weights it will multiply: per chunk 4 k-tiles of
+     * its W4_NPW column tiles, 16 bytes per lane, from pointers set up once. */
+    const uint4 *wsrc[W4_NPW];
+#pragma unroll
+    for (int j = 0; j < W4_NPW; j++)
+        wsrc[j] = qw + (int64_t)(nt0 + j) * kt_count * 32 + lane;
     auto issue = [&](int c, int st) {
         const int kt0 = c * 4, n_kt = min(4, kt_count - kt0);
-        uint4 *dw = sw + st * SG::W;
-        for (int idx = tid; idx < SG::W; idx += WARPS * 32) {
-            const int l = idx & 31, i = (idx >> 5) & 3, tile = idx >> 7;
-            const int nt = ntb + tile;
-            const bool ok = i < n_kt && nt < nt_count;
-            cp_async16(dw + idx, ok ? qw + ((int64_t)nt * kt_count + kt0 + i) * 32 + l : qw,
-                       ok ? 16 : 0);
-        }
+        uint4 *dw = sw + st * SG::W + warp * W4_NPW * 4 * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < W4_NPW; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const bool ok = i < n_kt && nt0 + j < nt_count;
+                cp_async16(dw + (j * 4 + i) * 32, ok ? wsrc[j] + (kt0 + i) * 32 : qw, ok ? 16 : 0);
+            }
         __half *dx = sx + st * SG::X;
         for (int idx = tid; idx < MT * 16 * (W4_KC / 8); idx += WARPS * 32) {
             const int r = idx / (W4_KC / 8), cc = idx % (W4_KC / 8);

@@ -292,9 +292,11 @@ int cmd_bench(int argc, char **argv)
             for (int l = 0; l < n_pl; l++) {
                 int pp = npp[a], tg = ntg[b], B = npl[l];
                 long long n_kv = (long long)B * (pp + tg);
-                if (n_kv + (long long)B * 16 > eng_kv_free_tokens(e)) {
+                /* KV is allocated in pages of 16 positions per sequence. */
+                long long need = (long long)B * ((pp + tg + 15) / 16 * 16);
+                if (need > eng_kv_free_tokens(e)) {
                     printf("| %5d | %6d | %4d | %6lld | skipped: needs %lld KV tokens, %lld free |\n",
-                           pp, tg, B, n_kv, n_kv, (long long)eng_kv_free_tokens(e));
+                           pp, tg, B, n_kv, need, (long long)eng_kv_free_tokens(e));
                     continue;
                 }
 #ifdef HAVE_CUDA

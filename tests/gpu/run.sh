@@ -93,7 +93,7 @@ do_bench() {
     bench --npp 4096 --ntg 128 --npl 16 --kv-cache f16
     bench --npp 4096 --ntg 128 --npl 16 --kv-cache int8
     # a 24 GB card: 14B AWQ weights and 131,072 tokens of int8 KV within 22 GiB
-    bench --gpu-memory 22GiB --kv-cache int8 --max-kv-tokens 131072 --npp 2048 --ntg 32 --npl 64
+    bench --gpu-memory 22GiB --kv-cache int8 --max-kv-tokens 131072 --npp 2016 --ntg 32 --npl 64
 }
 
 do_bench_quick() {
