@@ -240,8 +240,8 @@ __global__ void __launch_bounds__(WARPS * 32)
             if (d1)
                 *reinterpret_cast<__half2 *>(d1 + dt * 8 + 2 * tq) = __floats2half2_rn(o[dt][2] * inv1, o[dt][3] * inv1);
         }
-    } else {
-        /* WARPS == 1: 16 rows per part. */
+    } else if (warp == 0) {
+        /* Decode tiles: 16 rows per part, all in warp 0. */
         float *p0 = part_o + ((int64_t)w.part * 16 + g) * D, *p1 = p0 + 8 * D;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
@@ -319,7 +319,12 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
     if (n_large > 0)
         attn_kernel<D, 4, I8><<<n_large, 128, smem, s>>>(q, out, segs, w_large, pages, kv, layer,
                                                          n_heads, scale_log2, part_o, part_lse);
-    if (n_small > 0)
+    /* Decode tiles are 16 rows: one warp computes. int8 pages need a
+     * conversion pass that four warps share (the other three only stage). */
+    if (n_small > 0 && I8)
+        attn_kernel<D, 4, I8><<<n_small, 128, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
+                                                         n_heads, scale_log2, part_o, part_lse);
+    else if (n_small > 0)
         attn_kernel<D, 1, I8><<<n_small, 32, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
                                                         n_heads, scale_log2, part_o, part_lse);
 }

@@ -457,7 +457,7 @@ extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
 {
     /* Time ~ waves x (chunks per block + 1 for filling the pipeline), for the
      * decode shape: pick the split that minimizes it, so that a 136-block
-     * wave on 132 SMs does not cost two. */
+     * wave on 132 SMs does not cost two and every SM has blocks enough. */
     const w4_cfg *cf = w4_config();
     int bn = cf->dec_warps * W4_NPW * 16;
     int n_blocks = (N + bn - 1) / bn;
@@ -470,8 +470,11 @@ extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
         int real = (n_chunks + cps - 1) / cps;
         if (real != sp)
             continue;
-        long waves = ((long)n_blocks * sp + slots - 1) / slots;
-        long cost = waves * (cps + 1);
+        /* waves x chunks per block, stretched when too few blocks are
+         * resident to keep the memory system busy. */
+        long blocks = (long)n_blocks * sp;
+        long waves = (blocks + slots - 1) / slots;
+        long cost = waves * (cps + 1) * 1000 * slots / (blocks < slots ? blocks : slots);
         if (best_cost < 0 || cost < best_cost) {
             best_cost = cost;
             best = sp;
