@@ -6,7 +6,7 @@
  * and query head kv_head * G + r % G, so the G query heads that share one KV
  * head (GQA) are processed together and each K/V tile loaded into shared
  * memory serves all of them. Prefill tiles are 64 rows (4 warps); decode
- * tiles are 16 rows (1 warp) and split the keys over several blocks
+ * tiles are 16 rows (warp 0 computes, all 4 stage) and split the keys over several blocks
  * (flash-decoding) whose partial results a second kernel merges, so a
  * handful of long sequences still fills the GPU. int8 pages are dequantized
  * while staging a tile. The host (cuda_engine.c) builds the work lists once
@@ -313,20 +313,17 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
     static bool attr_set = false; /* once per instantiation; harmless if repeated */
     if (!attr_set) {
         cudaFuncSetAttribute(attn_kernel<D, 4, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        cudaFuncSetAttribute(attn_kernel<D, 1, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         attr_set = true;
     }
     if (n_large > 0)
         attn_kernel<D, 4, I8><<<n_large, 128, smem, s>>>(q, out, segs, w_large, pages, kv, layer,
                                                          n_heads, scale_log2, part_o, part_lse);
-    /* Decode tiles are 16 rows: one warp computes. int8 pages need a
-     * conversion pass that four warps share (the other three only stage). */
-    if (n_small > 0 && I8)
+    /* Decode tiles are 16 rows: one warp computes, but four stage the K/V
+     * tile (and convert int8 pages): issuing a 32 KB tile from one warp
+     * takes longer than multiplying it. */
+    if (n_small > 0)
         attn_kernel<D, 4, I8><<<n_small, 128, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
                                                          n_heads, scale_log2, part_o, part_lse);
-    else if (n_small > 0)
-        attn_kernel<D, 1, I8><<<n_small, 32, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
-                                                        n_heads, scale_log2, part_o, part_lse);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,

@@ -219,10 +219,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
                 cp_async16(dw + (j * 4 + i) * 32, ok ? wsrc[j] + (kt0 + i) * 32 : qw, ok ? 16 : 0);
             }
         __half *dx = sx + st * SG::X;
-        for (int idx = tid; idx < MT * 16 * (W4_KC / 8); idx += WARPS * 32) {
+        /* Rows past M were zeroed once at the start and are never copied. */
+        for (int idx = tid; idx < rows * (W4_KC / 8); idx += WARPS * 32) {
             const int r = idx / (W4_KC / 8), cc = idx % (W4_KC / 8);
             const int k = c * W4_KC + cc * 8;
-            const bool ok = r < rows && k < K;
+            const bool ok = k < K;
             cp_async16(dx + r * W4_LDS + cc * 8, ok ? x + (int64_t)r * ldx + k : x, ok ? 16 : 0);
         }
         if (group64) {
@@ -247,6 +248,14 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
             for (int c = 0; c < 4; c++)
                 acc[a][b][c] = 0.0f;
 
+    if (rows < MT * 16) {
+        for (int idx = tid; idx < STAGES * (MT * 16 - rows) * (W4_LDS / 8); idx += WARPS * 32) {
+            const int per = (MT * 16 - rows) * (W4_LDS / 8);
+            const int stg = idx / per, rem = idx % per;
+            const int r = rows + rem / (W4_LDS / 8), cc = rem % (W4_LDS / 8);
+            *reinterpret_cast<uint4 *>(sx + stg * SG::X + r * W4_LDS + cc * 8) = make_uint4(0, 0, 0, 0);
+        }
+    }
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
         if (c_begin + st < c_end)
