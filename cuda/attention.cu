@@ -313,17 +313,23 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
     static bool attr_set = false; /* once per instantiation; harmless if repeated */
     if (!attr_set) {
         cudaFuncSetAttribute(attn_kernel<D, 4, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(attn_kernel<D, 1, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         attr_set = true;
     }
     if (n_large > 0)
         attn_kernel<D, 4, I8><<<n_large, 128, smem, s>>>(q, out, segs, w_large, pages, kv, layer,
                                                          n_heads, scale_log2, part_o, part_lse);
-    /* Decode tiles are 16 rows: one warp computes, but four stage the K/V
-     * tile (and convert int8 pages): issuing a 32 KB tile from one warp
-     * takes longer than multiplying it. */
-    if (n_small > 0)
+    /* Decode tiles are 16 rows: one warp computes. With few tiles (small
+     * batches) or int8 pages, four warps stage the K/V tile (and convert
+     * it): issuing a 32 KB tile from one warp takes longer than multiplying
+     * it. With many tiles, one-warp blocks keep more tiles resident.
+     * (Measured on the H100: batch 1 +2%, batch 16-64 -4..-8% with four.) */
+    if (n_small > 0 && (I8 || n_small < 1024))
         attn_kernel<D, 4, I8><<<n_small, 128, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
                                                          n_heads, scale_log2, part_o, part_lse);
+    else if (n_small > 0)
+        attn_kernel<D, 1, I8><<<n_small, 32, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
+                                                        n_heads, scale_log2, part_o, part_lse);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
