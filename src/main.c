@@ -26,6 +26,7 @@ static const struct cli_command commands[] = {
     {"render", cmd_render, "JSON chat messages on stdin -> Qwen3 prompt"},
     {"score", cmd_score, "logits of every position of a token list"},
     {"generate", cmd_generate, "generate from one prompt"},
+    {"bench", cmd_bench, "prompt and generation throughput (llama.cpp batched-bench)"},
     {"help", cmd_help, "this list"},
 };
 
