@@ -37,7 +37,8 @@ struct cpu_seq {
 
 /* A parallel-for over [0, n) on a persistent pool. */
 struct pool;
-typedef void (*pool_fn)(void *ctx, int64_t begin, int64_t end);
+/* fn runs [begin, end) of the range on worker `worker` (0 = the caller). */
+typedef void (*pool_fn)(void *ctx, int worker, int64_t begin, int64_t end);
 
 struct pool_worker {
     struct pool *p;
@@ -72,8 +73,16 @@ typedef struct cpu_engine {
     sample_scratch scratch;
     /* activations, grown to the largest step */
     int rows_cap;
-    float *x, *h, *q, *k, *v, *att, *gate, *up, *logits_row;
+    float *x, *h, *q, *k, *v, *att, *gate, *up;
     int *row_seq, *row_pos;
+    float *scores; /* attention scores, [n_threads][scores_per_worker] */
+    int64_t scores_per_worker;
+    /* logits: which rows need them and where each goes */
+    int *lm_rows;
+    float **lm_dest;
+    float *lm_scratch; /* rows only sampled, not returned: [lm_scratch_rows][vocab] */
+    int lm_scratch_rows;
+    float *sample_row; /* a copy to sample from (sampling edits logits) */
 } cpu_engine;
 
 /* ---- thread pool ---- */
@@ -83,7 +92,7 @@ static void pool_run_share(struct pool *p, int index)
     int64_t per = (p->n + p->n_threads - 1) / p->n_threads;
     int64_t b = per * index, e = b + per < p->n ? b + per : p->n;
     if (b < e)
-        p->fn(p->ctx, b, e);
+        p->fn(p->ctx, index, b, e);
 }
 
 static void *pool_main(void *arg)
@@ -132,7 +141,7 @@ static int pool_init(struct pool *p, int n_threads)
 static void pool_for(struct pool *p, int64_t n, pool_fn fn, void *ctx)
 {
     if (p->n_threads <= 1 || n < 2) {
-        fn(ctx, 0, n);
+        fn(ctx, 0, 0, n);
         return;
     }
     pthread_mutex_lock(&p->mu);
@@ -199,8 +208,9 @@ struct matmul_ctx {
     int accumulate; /* y += instead of y = */
 };
 
-static void matmul_part(void *arg, int64_t begin, int64_t end)
+static void matmul_part(void *arg, int worker, int64_t begin, int64_t end)
 {
+    (void)worker;
     struct matmul_ctx *m = arg;
     for (int64_t o = begin; o < end; o++) {
         const float *wr = m->w + o * m->in;
@@ -238,8 +248,10 @@ struct attn_ctx {
     int layer;
 };
 
-/* One (row, head) pair per index: causal attention over the row's sequence. */
-static void attn_part(void *arg, int64_t begin, int64_t end)
+/* One (row, head) pair per index: causal attention over the row's sequence.
+ * Each worker has its own scores buffer (e->scores, sized in cpu_step to the
+ * longest context of the step), so nothing is allocated here. */
+static void attn_part(void *arg, int worker, int64_t begin, int64_t end)
 {
     struct attn_ctx *a = arg;
     cpu_engine *e = a->e;
@@ -247,16 +259,11 @@ static void attn_part(void *arg, int64_t begin, int64_t end)
     int D = c->head_dim, nh = c->n_heads, group = c->n_heads / c->n_kv_heads;
     int kv_dim = c->n_kv_heads * D;
     float scale = 1.0f / sqrtf((float)D);
-    float *scores = NULL;
-    int scores_cap = 0;
+    float *scores = e->scores + (int64_t)worker * e->scores_per_worker;
     for (int64_t idx = begin; idx < end; idx++) {
         int r = (int)(idx / nh), h = (int)(idx % nh), kvh = h / group;
         struct cpu_seq *s = &e->seqs[e->row_seq[r]];
-        int pos = e->row_pos[r], n = pos + 1;
-        if (n > scores_cap) {
-            scores_cap = n * 2;
-            scores = realloc(scores, sizeof *scores * (size_t)scores_cap);
-        }
+        int pos = e->row_pos[r], n = pos + 1; /* causal: positions 0..pos */
         const float *q = e->q + (int64_t)r * nh * D + h * D;
         const float *K = s->k + (int64_t)a->layer * s->cap * kv_dim + kvh * D;
         const float *V = s->v + (int64_t)a->layer * s->cap * kv_dim + kvh * D;
@@ -280,7 +287,6 @@ static void attn_part(void *arg, int64_t begin, int64_t end)
                 out[d] += p * vr[d];
         }
     }
-    free(scores);
 }
 
 /* ---- memory ---- */
@@ -324,7 +330,41 @@ static int grow_rows(cpu_engine *e, int rows)
     if (!(b = realloc(e->row_pos, sizeof *b * (size_t)cap)))
         return -1;
     e->row_pos = b;
+    if (!(b = realloc(e->lm_rows, sizeof *b * (size_t)cap)))
+        return -1;
+    e->lm_rows = b;
+    float **d = realloc(e->lm_dest, sizeof *d * (size_t)cap);
+    if (!d)
+        return -1;
+    e->lm_dest = d;
     e->rows_cap = cap;
+    return 0;
+}
+
+/* Room for attention scores over contexts of up to n_ctx positions. */
+static int grow_scores(cpu_engine *e, int64_t n_ctx)
+{
+    if (n_ctx <= e->scores_per_worker)
+        return 0;
+    int64_t per = n_ctx < 256 ? 256 : n_ctx * 2;
+    float *p = realloc(e->scores, sizeof *p * (size_t)(per * e->pool.n_threads));
+    if (!p)
+        return -1;
+    e->scores = p;
+    e->scores_per_worker = per;
+    return 0;
+}
+
+/* Room for n rows of logits that are sampled but not returned. */
+static int grow_lm_scratch(cpu_engine *e, int n)
+{
+    if (n <= e->lm_scratch_rows)
+        return 0;
+    float *p = realloc(e->lm_scratch, sizeof *p * (size_t)n * (size_t)e->c.vocab_size);
+    if (!p)
+        return -1;
+    e->lm_scratch = p;
+    e->lm_scratch_rows = n;
     return 0;
 }
 
@@ -412,7 +452,7 @@ static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *s
         return -1;
     }
     size_t kv_dim = (size_t)e->c.n_kv_heads * e->c.head_dim;
-    for (size_t l = 0; l < (size_t)e->c.n_layers; l++) {
+    for (size_t l = 0; n_prefix > 0 && l < (size_t)e->c.n_layers; l++) {
         memcpy(s->k + l * s->cap * kv_dim, from->k + l * from->cap * kv_dim,
                sizeof(float) * n_prefix * kv_dim);
         memcpy(s->v + l * s->cap * kv_dim, from->v + l * from->cap * kv_dim,
@@ -425,20 +465,90 @@ static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *s
 
 struct lm_ctx {
     cpu_engine *e;
-    const int *rows; /* rows needing logits */
-    int n_rows;
-    float *out; /* [n_rows][vocab] */
+    int n_rows; /* rows needing logits: e->lm_rows[i] -> e->lm_dest[i] */
 };
 
-static void lm_part(void *arg, int64_t begin, int64_t end)
+/* lm_head over the vocabulary, split over vocab rows so each weight row is
+ * read once for all the rows of the step. */
+static void lm_part(void *arg, int worker, int64_t begin, int64_t end)
 {
+    (void)worker;
     struct lm_ctx *l = arg;
     cpu_engine *e = l->e;
-    int H = e->c.hidden_size, V = e->c.vocab_size;
+    int H = e->c.hidden_size;
     for (int64_t o = begin; o < end; o++) {
         const float *w = e->lm_head + o * H;
         for (int i = 0; i < l->n_rows; i++)
-            l->out[(int64_t)i * V + o] = dot(e->h + (int64_t)l->rows[i] * H, w, H);
+            l->e->lm_dest[i][o] = dot(e->h + (int64_t)e->lm_rows[i] * H, w, H);
+    }
+}
+
+/* Which logits an item's last row needs: returned, sampled, or both. */
+static int returns_row(const eng_item *it, int t)
+{
+    return it->logits == ENG_LOGITS_ALL || (t == it->n_tokens - 1 && it->logits == ENG_LOGITS_LAST);
+}
+
+static int append_sampled(struct cpu_seq *s, int32_t tok)
+{
+    if (s->n_sampled == s->sampled_cap) {
+        int cap = s->sampled_cap ? s->sampled_cap * 2 : 64;
+        int32_t *p = realloc(s->sampled, sizeof *p * (size_t)cap);
+        if (!p)
+            return -1;
+        s->sampled = p;
+        s->sampled_cap = cap;
+    }
+    s->sampled[s->n_sampled++] = tok;
+    return 0;
+}
+
+/* The decoder layers over all rows of the step; K and V of every row are
+ * written to its sequence's cache before attention, so a prefill chunk
+ * attends to its own earlier rows. */
+static void forward_layers(cpu_engine *e, int rows)
+{
+    const model_config *c = &e->c;
+    int H = c->hidden_size, D = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    int Q = nh * D, KV = nkv * D, I = c->intermediate_size;
+    for (int l = 0; l < c->n_layers; l++) {
+        struct cpu_layer *L = &e->layers[l];
+        for (int i = 0; i < rows; i++)
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H,
+                    c->rms_norm_eps);
+        matmul(e, e->q, e->h, L->wq, rows, H, Q, 0);
+        matmul(e, e->k, e->h, L->wk, rows, H, KV, 0);
+        matmul(e, e->v, e->h, L->wv, rows, H, KV, 0);
+        for (int i = 0; i < rows; i++) {
+            for (int h = 0; h < nh; h++) {
+                float *q = e->q + (int64_t)i * Q + h * D;
+                rmsnorm(q, q, L->q_norm, D, c->rms_norm_eps);
+                rope(e, q, e->row_pos[i]);
+            }
+            for (int h = 0; h < nkv; h++) {
+                float *k = e->k + (int64_t)i * KV + h * D;
+                rmsnorm(k, k, L->k_norm, D, c->rms_norm_eps);
+                rope(e, k, e->row_pos[i]);
+            }
+            struct cpu_seq *s = &e->seqs[e->row_seq[i]];
+            int64_t at = ((int64_t)l * s->cap + e->row_pos[i]) * KV;
+            memcpy(s->k + at, e->k + (int64_t)i * KV, sizeof(float) * KV);
+            memcpy(s->v + at, e->v + (int64_t)i * KV, sizeof(float) * KV);
+        }
+        struct attn_ctx actx = {e, l};
+        pool_for(&e->pool, (int64_t)rows * nh, attn_part, &actx);
+        matmul(e, e->x, e->att, L->wo, rows, Q, H, 1);
+
+        for (int i = 0; i < rows; i++)
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H,
+                    c->rms_norm_eps);
+        matmul(e, e->gate, e->h, L->wgate, rows, H, I, 0);
+        matmul(e, e->up, e->h, L->wup, rows, H, I, 0);
+        for (int64_t i = 0; i < (int64_t)rows * I; i++) {
+            float g = e->gate[i];
+            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i]; /* silu(gate) * up */
+        }
+        matmul(e, e->x, e->gate, L->wdown, rows, I, H, 1);
     }
 }
 
@@ -447,32 +557,44 @@ static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits
 {
     cpu_engine *e = (cpu_engine *)base;
     const model_config *c = &e->c;
-    int H = c->hidden_size, D = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    int Q = nh * D, KV = nkv * D, I = c->intermediate_size, V = c->vocab_size;
+    int H = c->hidden_size, V = c->vocab_size;
 
-    /* Validate everything before touching any state. */
-    int rows = 0;
-    int64_t more = 0;
+    /* Validate everything before touching any state, so a refused step
+     * leaves every sequence as it was. */
+    int rows = 0, n_returned = 0, n_sample_only = 0;
+    int64_t longest = 0;
     for (int i = 0; i < n_items; i++) {
         const eng_item *it = &items[i];
         if (it->seq < 0 || it->seq >= e->max_seqs || !e->seqs[it->seq].used)
-            return errorf(err, "step: item %d names no live sequence", i);
-        if (it->n_tokens < 1)
-            return errorf(err, "step: item %d has no tokens", i);
+            return errorf(err, "step: item %d names sequence %d, which is not alive", i, it->seq);
+        if (it->n_tokens < 1 || !it->tokens)
+            return errorf(err, "step: item %d (sequence %d) has no tokens", i, it->seq);
         for (int k = 0; k < i; k++)
             if (items[k].seq == it->seq)
-                return errorf(err, "step: sequence %d appears twice", it->seq);
+                return errorf(err, "step: sequence %d appears twice (items %d and %d)", it->seq,
+                              k, i);
         for (int t = 0; t < it->n_tokens; t++)
             if (it->tokens[t] < 0 || it->tokens[t] >= V)
-                return errorf(err, "step: token id %d out of range (vocab %d)", it->tokens[t], V);
+                return errorf(err, "step: item %d token %d: id %d out of range (vocab %d)", i, t,
+                              (int)it->tokens[t], V);
+        if (rows > INT32_MAX - it->n_tokens)
+            return errorf(err, "step: too many tokens in one step");
         rows += it->n_tokens;
-        more += it->n_tokens;
+        n_returned += it->logits == ENG_LOGITS_ALL ? it->n_tokens : it->logits == ENG_LOGITS_LAST;
+        n_sample_only += it->sample && !returns_row(it, it->n_tokens - 1);
+        int64_t ctx = (int64_t)e->seqs[it->seq].n + it->n_tokens;
+        if (ctx > longest)
+            longest = ctx;
     }
-    if (e->kv_used + more > e->kv_cap)
-        return errorf(err, "KV cache full: %lld of %lld tokens in use, %lld more asked",
-                      (long long)e->kv_used, (long long)e->kv_cap, (long long)more);
-    if (grow_rows(e, rows))
-        return errorf(err, "out of memory for activations");
+    if (n_returned && !logits_out)
+        return errorf(err, "step: logits asked for but no logits buffer given");
+    if (e->kv_used + rows > e->kv_cap)
+        return errorf(err,
+                      "KV cache full: %lld of %lld tokens in use, %d more asked (raise "
+                      "max_kv_tokens or run fewer sequences at once)",
+                      (long long)e->kv_used, (long long)e->kv_cap, rows);
+    if (grow_rows(e, rows) || grow_scores(e, longest) || grow_lm_scratch(e, n_sample_only))
+        return errorf(err, "out of memory for the activations of a %d-token step", rows);
     for (int i = 0; i < n_items; i++)
         if (seq_reserve(e, &e->seqs[items[i].seq], items[i].n_tokens, err))
             return -1;
@@ -488,119 +610,60 @@ static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits
             e->row_pos[r] = s->n + t;
         }
     }
-
-    for (int l = 0; l < c->n_layers; l++) {
-        struct cpu_layer *L = &e->layers[l];
-        for (int i = 0; i < rows; i++)
-            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H,
-                    c->rms_norm_eps);
-        matmul(e, e->q, e->h, L->wq, rows, H, Q, 0);
-        matmul(e, e->k, e->h, L->wk, rows, H, KV, 0);
-        matmul(e, e->v, e->h, L->wv, rows, H, KV, 0);
-        for (int i = 0; i < rows; i++) {
-            for (int h = 0; h < nh; h++) {
-                float *q = e->q + (int64_t)i * Q + h * D;
-                rmsnorm(q, q, L->q_norm, D, c->rms_norm_eps);
-                rope(e, q, e->row_pos[i]);
-            }
-            struct cpu_seq *s = &e->seqs[e->row_seq[i]];
-            float *kc = s->k + ((int64_t)l * s->cap + e->row_pos[i]) * KV;
-            float *vc = s->v + ((int64_t)l * s->cap + e->row_pos[i]) * KV;
-            for (int h = 0; h < nkv; h++) {
-                float *k = e->k + (int64_t)i * KV + h * D;
-                rmsnorm(k, k, L->k_norm, D, c->rms_norm_eps);
-                rope(e, k, e->row_pos[i]);
-            }
-            memcpy(kc, e->k + (int64_t)i * KV, sizeof(float) * KV);
-            memcpy(vc, e->v + (int64_t)i * KV, sizeof(float) * KV);
-        }
-        struct attn_ctx actx = {e, l};
-        pool_for(&e->pool, (int64_t)rows * nh, attn_part, &actx);
-        matmul(e, e->x, e->att, L->wo, rows, Q, H, 1);
-
-        for (int i = 0; i < rows; i++)
-            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H,
-                    c->rms_norm_eps);
-        matmul(e, e->gate, e->h, L->wgate, rows, H, I, 0);
-        matmul(e, e->up, e->h, L->wup, rows, H, I, 0);
-        for (int64_t i = 0; i < (int64_t)rows * I; i++) {
-            float g = e->gate[i];
-            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i];
-        }
-        matmul(e, e->x, e->gate, L->wdown, rows, I, H, 1);
-    }
+    forward_layers(e, rows);
     for (int i = 0; i < n_items; i++) {
         e->seqs[items[i].seq].n += items[i].n_tokens;
         e->kv_used += items[i].n_tokens;
     }
 
-    /* Logits only for the rows that need them. */
-    int *need = malloc(sizeof *need * (size_t)rows);
-    int n_need = 0;
+    /* Logits only for the rows that need them: those returned go straight
+     * into the caller's buffer, those only sampled into scratch. */
+    int n_lm = 0, n_out = 0, n_scratch = 0;
     r = 0;
     for (int i = 0; i < n_items; i++) {
         const eng_item *it = &items[i];
         for (int t = 0; t < it->n_tokens; t++, r++) {
             int last = t == it->n_tokens - 1;
-            if (it->logits == ENG_LOGITS_ALL || (last && (it->logits == ENG_LOGITS_LAST || it->sample)))
-                need[n_need++] = r;
-        }
-    }
-    for (int i = 0; i < n_need; i++)
-        rmsnorm(e->h + (int64_t)need[i] * H, e->x + (int64_t)need[i] * H, e->final_norm, H,
-                c->rms_norm_eps);
-    float *lg = malloc(sizeof *lg * (size_t)(n_need ? n_need : 1) * V);
-    if (!need || !lg) {
-        free(need);
-        free(lg);
-        return errorf(err, "out of memory for logits");
-    }
-    struct lm_ctx lctx = {e, need, n_need, lg};
-    pool_for(&e->pool, V, lm_part, &lctx);
-
-    /* Hand out logits and samples in item order. */
-    int k = 0, n_out = 0, n_samp = 0;
-    r = 0;
-    for (int i = 0; i < n_items; i++) {
-        const eng_item *it = &items[i];
-        int first_row = k;
-        for (int t = 0; t < it->n_tokens; t++, r++) {
-            int last = t == it->n_tokens - 1;
-            int has = it->logits == ENG_LOGITS_ALL || (last && (it->logits == ENG_LOGITS_LAST || it->sample));
-            if (!has)
+            if (returns_row(it, t))
+                e->lm_dest[n_lm] = logits_out + (int64_t)n_out++ * V;
+            else if (last && it->sample)
+                e->lm_dest[n_lm] = e->lm_scratch + (int64_t)n_scratch++ * V;
+            else
                 continue;
-            if (logits_out && (it->logits == ENG_LOGITS_ALL || (last && it->logits == ENG_LOGITS_LAST)))
-                memcpy(logits_out + (int64_t)n_out++ * V, lg + (int64_t)k * V, sizeof(float) * V);
-            k++;
-        }
-        (void)first_row;
-        if (it->sample) {
-            struct cpu_seq *s = &e->seqs[it->seq];
-            float *row = lg + (int64_t)(k - 1) * V;
-            int n_valid = e->base.opts.n_valid_vocab > 0 && e->base.opts.n_valid_vocab < V
-                              ? e->base.opts.n_valid_vocab
-                              : V;
-            int32_t tok = sample_token(&s->sp, row, n_valid, s->sampled, s->n_sampled,
-                                       (uint64_t)s->n_sampled, &e->scratch);
-            if (s->n_sampled == s->sampled_cap) {
-                int cap = s->sampled_cap ? s->sampled_cap * 2 : 64;
-                int32_t *p = realloc(s->sampled, sizeof *p * (size_t)cap);
-                if (!p) {
-                    free(need);
-                    free(lg);
-                    return errorf(err, "out of memory");
-                }
-                s->sampled = p;
-                s->sampled_cap = cap;
-            }
-            s->sampled[s->n_sampled++] = tok;
-            if (sampled)
-                sampled[n_samp] = tok;
-            n_samp++;
+            e->lm_rows[n_lm++] = r;
+            rmsnorm(e->h + (int64_t)r * H, e->x + (int64_t)r * H, e->final_norm, H,
+                    c->rms_norm_eps);
         }
     }
-    free(need);
-    free(lg);
+    struct lm_ctx lctx = {e, n_lm};
+    if (n_lm)
+        pool_for(&e->pool, V, lm_part, &lctx);
+
+    /* Sample in item order; each item's last logits row is the last one
+     * assigned to it above, which is lm_dest[k - 1] after its rows. */
+    int k = 0, n_samp = 0;
+    int n_valid = e->base.opts.n_valid_vocab;
+    for (int i = 0; i < n_items; i++) {
+        const eng_item *it = &items[i];
+        for (int t = 0; t < it->n_tokens; t++)
+            k += returns_row(it, t) || (t == it->n_tokens - 1 && it->sample);
+        if (!it->sample)
+            continue;
+        struct cpu_seq *s = &e->seqs[it->seq];
+        float *row = e->lm_dest[k - 1];
+        if (returns_row(it, it->n_tokens - 1)) {
+            /* The caller keeps the raw logits; the sampler edits its copy. */
+            memcpy(e->sample_row, row, sizeof(float) * V);
+            row = e->sample_row;
+        }
+        int32_t tok = sample_token(&s->sp, row, n_valid, s->sampled, s->n_sampled,
+                                   (uint64_t)s->n_sampled, &e->scratch);
+        if (append_sampled(s, tok))
+            return errorf(err, "out of memory for the sampled history of sequence %d", it->seq);
+        if (sampled)
+            sampled[n_samp] = tok;
+        n_samp++;
+    }
     return 0;
 }
 
@@ -641,6 +704,11 @@ static void cpu_close(eng *base)
         free(bufs[i]);
     free(e->row_seq);
     free(e->row_pos);
+    free(e->scores);
+    free(e->lm_rows);
+    free(e->lm_dest);
+    free(e->lm_scratch);
+    free(e->sample_row);
     free(e);
 }
 
@@ -666,9 +734,18 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     e->m = m;
     e->c = m->cfg;
     const model_config *c = &e->c;
+    if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads || c->head_dim < 2 || c->head_dim % 2) {
+        errorf(err, "%s: the CPU engine needs heads divisible by KV heads and an even "
+                    "head_dim (have %d heads, %d KV heads, head_dim %d)",
+               m->dir ? m->dir : "model", c->n_heads, c->n_kv_heads, c->head_dim);
+        free(e);
+        return -1;
+    }
     int n_threads = opts->n_threads > 0 ? opts->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n_threads < 1)
         n_threads = 1;
+    if (n_threads > 256)
+        n_threads = 256;
     e->max_seqs = opts->max_seqs > 0 ? opts->max_seqs : 64;
     e->kv_cap = opts->max_kv_tokens > 0 ? opts->max_kv_tokens : 32768;
     e->base.opts.backend = ENG_BACKEND_CPU;
@@ -676,7 +753,9 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     e->base.opts.max_seqs = e->max_seqs;
     e->base.opts.max_kv_tokens = e->kv_cap;
     if (e->base.opts.max_step_tokens <= 0)
-        e->base.opts.max_step_tokens = 2048; /* bounds activation memory */
+        e->base.opts.max_step_tokens = 2048; /* advice to callers: bounds activation memory */
+    if (e->base.opts.n_valid_vocab <= 0 || e->base.opts.n_valid_vocab > c->vocab_size)
+        e->base.opts.n_valid_vocab = c->vocab_size;
     e->seqs = calloc((size_t)e->max_seqs, sizeof *e->seqs);
     e->layers = calloc((size_t)c->n_layers, sizeof *e->layers);
     e->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
@@ -684,7 +763,8 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     e->embed = to_f32(&m->embed, (int64_t)c->vocab_size * H);
     e->lm_head = c->tie_word_embeddings ? e->embed : to_f32(&m->lm_head, (int64_t)c->vocab_size * H);
     e->final_norm = to_f32(&m->final_norm, H);
-    int ok = e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head && e->final_norm;
+    e->sample_row = malloc(sizeof(float) * (size_t)c->vocab_size);
+    int ok = e->sample_row && e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head && e->final_norm;
     for (int l = 0; ok && l < c->n_layers; l++) {
         const model_layer *ml = &m->layers[l];
         struct cpu_layer *L = &e->layers[l];
