@@ -22,7 +22,7 @@
 
 struct cpu_layer {
     float *attn_norm, *q_norm, *k_norm, *mlp_norm;
-    float *wq, *wk, *wv, *wo, *wgate, *wup, *wdown; /* [out][in] */
+    float *wq, *wk, *wv, *wo, *wgate, *wup, *wdown; /* in matmul panels */
 };
 
 struct cpu_seq {
@@ -62,7 +62,9 @@ typedef struct cpu_engine {
     eng base;
     const model *m;
     model_config c;
-    float *embed, *lm_head, *final_norm; /* lm_head == embed when tied */
+    float *embed;      /* [vocab][hidden], for lookups */
+    float *lm_head_p;  /* the lm_head (or the tied embedding) in matmul panels */
+    float *final_norm;
     struct cpu_layer *layers;
     float *inv_freq;
     float attn_factor;
@@ -200,34 +202,64 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
         out[i] = x[i] * scale * w[i];
 }
 
+/*
+ * Linear layers keep W in panels of TILE outputs: panel t holds outputs
+ * t*TILE .. t*TILE+TILE-1 as wp[t][k][j] = W[t*TILE + j][k] (zero padded
+ * past the last output), so a panel is one contiguous stream. The inner loop
+ * runs along a panel's outputs:
+ *     acc[j] += x[r][k] * wp[t][k][j]   for k = 0, 1, ..., in-1
+ * so each output element is summed over k in ascending order with a single
+ * accumulator, whatever the rows, panel or thread: a sequence's numbers
+ * never depend on what shares its step. The compiler vectorizes across the
+ * panel without horizontal sums, and a panel stays in cache while all rows
+ * of the step go past it.
+ */
+enum { TILE = 16 };
+
 struct matmul_ctx {
-    float *y;       /* [rows][out] */
-    const float *x; /* [rows][in] */
-    const float *w; /* [out][in] */
+    float *y;             /* [rows][out] ... */
+    float *const *y_rows; /* ... or, when set, row r at y_rows[r] */
+    const float *x;       /* [rows][in] */
+    const float *wp;      /* panels, see above */
     int rows, in, out;
     int accumulate; /* y += instead of y = */
 };
 
-static void matmul_part(void *arg, int worker, int64_t begin, int64_t end)
+static void matmul_part(void *arg, int worker, int64_t panel_begin, int64_t panel_end)
 {
     (void)worker;
-    struct matmul_ctx *m = arg;
-    for (int64_t o = begin; o < end; o++) {
-        const float *wr = m->w + o * m->in;
+    const struct matmul_ctx *m = arg;
+    for (int64_t t = panel_begin; t < panel_end; t++) {
+        const float *panel = m->wp + t * m->in * TILE;
+        int64_t o0 = t * TILE;
+        int width = m->out - o0 < TILE ? (int)(m->out - o0) : TILE;
         for (int r = 0; r < m->rows; r++) {
-            float v = dot(m->x + (int64_t)r * m->in, wr, m->in);
-            float *y = m->y + (int64_t)r * m->out + o;
-            *y = m->accumulate ? *y + v : v;
+            const float *x = m->x + (int64_t)r * m->in;
+            float acc[TILE] = {0};
+            for (int k = 0; k < m->in; k++) {
+                const float *w = panel + (int64_t)k * TILE;
+                float xk = x[k];
+                /* Unrolled, acc lives in vector registers (else GCC -O2
+                 * keeps it on the stack: half the speed). */
+#pragma GCC unroll 16
+                for (int j = 0; j < TILE; j++)
+                    acc[j] += xk * w[j];
+            }
+            float *y = (m->y_rows ? m->y_rows[r] : m->y + (int64_t)r * m->out) + o0;
+            for (int j = 0; j < width; j++)
+                y[j] = m->accumulate ? y[j] + acc[j] : acc[j];
         }
     }
 }
 
-/* y[rows][out] (+)= x[rows][in] W[out][in]^T, split over output columns. */
-static void matmul(cpu_engine *e, float *y, const float *x, const float *w, int rows, int in,
+static int64_t n_panels(int64_t out) { return (out + TILE - 1) / TILE; }
+
+/* y[rows][out] (+)= x[rows][in] W^T with W in panels, split over panels. */
+static void matmul(cpu_engine *e, float *y, const float *x, const float *wp, int rows, int in,
                    int out, int accumulate)
 {
-    struct matmul_ctx m = {y, x, w, rows, in, out, accumulate};
-    pool_for(&e->pool, out, matmul_part, &m);
+    struct matmul_ctx m = {y, NULL, x, wp, rows, in, out, accumulate};
+    pool_for(&e->pool, n_panels(out), matmul_part, &m);
 }
 
 /* Rotate-half RoPE on one head vector at position pos. */
@@ -299,12 +331,27 @@ static float *to_f32(const model_tensor *t, int64_t n)
     return p;
 }
 
-static float *linear_f32(const model_linear *l)
+/* W [out][in] (row-major) into the panels matmul reads. */
+static float *to_panels(const float *w, int64_t out, int64_t in)
 {
-    float *p = malloc(sizeof *p * (size_t)(l->in_features * l->out_features));
-    if (p)
-        model_linear_to_f32(l, p);
-    return p;
+    float *wp = calloc((size_t)(n_panels(out) * TILE * in), sizeof *wp);
+    if (wp)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t k = 0; k < in; k++)
+                wp[((o / TILE) * in + k) * TILE + o % TILE] = w[o * in + k];
+    return wp;
+}
+
+/* A linear layer in fp32 panels. */
+static float *linear_panels(const model_linear *l)
+{
+    float *w = malloc(sizeof *w * (size_t)(l->in_features * l->out_features));
+    if (!w)
+        return NULL;
+    model_linear_to_f32(l, w);
+    float *wp = to_panels(w, l->out_features, l->in_features);
+    free(w);
+    return wp;
 }
 
 static int grow_rows(cpu_engine *e, int rows)
@@ -463,26 +510,6 @@ static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *s
     return 0;
 }
 
-struct lm_ctx {
-    cpu_engine *e;
-    int n_rows; /* rows needing logits: e->lm_rows[i] -> e->lm_dest[i] */
-};
-
-/* lm_head over the vocabulary, split over vocab rows so each weight row is
- * read once for all the rows of the step. */
-static void lm_part(void *arg, int worker, int64_t begin, int64_t end)
-{
-    (void)worker;
-    struct lm_ctx *l = arg;
-    cpu_engine *e = l->e;
-    int H = e->c.hidden_size;
-    for (int64_t o = begin; o < end; o++) {
-        const float *w = e->lm_head + o * H;
-        for (int i = 0; i < l->n_rows; i++)
-            l->e->lm_dest[i][o] = dot(e->h + (int64_t)e->lm_rows[i] * H, w, H);
-    }
-}
-
 /* Which logits an item's last row needs: returned, sampled, or both. */
 static int returns_row(const eng_item *it, int t)
 {
@@ -635,9 +662,15 @@ static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits
                     c->rms_norm_eps);
         }
     }
-    struct lm_ctx lctx = {e, n_lm};
-    if (n_lm)
-        pool_for(&e->pool, V, lm_part, &lctx);
+    if (n_lm) {
+        /* Pack the normalized rows to the front of h (lm_rows ascend, so
+         * no source is overwritten before it is read), then one matmul
+         * over the vocabulary writes each row where it belongs. */
+        for (int i = 0; i < n_lm; i++)
+            memmove(e->h + (int64_t)i * H, e->h + (int64_t)e->lm_rows[i] * H, sizeof(float) * H);
+        struct matmul_ctx m = {NULL, e->lm_dest, e->h, e->lm_head_p, n_lm, H, V, 0};
+        pool_for(&e->pool, n_panels(V), matmul_part, &m);
+    }
 
     /* Sample in item order; each item's last logits row is the last one
      * assigned to it above, which is lm_dest[k - 1] after its rows. */
@@ -686,8 +719,7 @@ static void cpu_close(eng *base)
                 free(ps[i]);
         }
     free(e->layers);
-    if (e->lm_head != e->embed)
-        free(e->lm_head);
+    free(e->lm_head_p);
     free(e->embed);
     free(e->final_norm);
     free(e->inv_freq);
@@ -761,10 +793,18 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     e->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
     int64_t H = c->hidden_size, D = c->head_dim;
     e->embed = to_f32(&m->embed, (int64_t)c->vocab_size * H);
-    e->lm_head = c->tie_word_embeddings ? e->embed : to_f32(&m->lm_head, (int64_t)c->vocab_size * H);
+    if (c->tie_word_embeddings) {
+        if (e->embed)
+            e->lm_head_p = to_panels(e->embed, c->vocab_size, H);
+    } else {
+        float *lm_head = to_f32(&m->lm_head, (int64_t)c->vocab_size * H);
+        if (lm_head)
+            e->lm_head_p = to_panels(lm_head, c->vocab_size, H);
+        free(lm_head);
+    }
     e->final_norm = to_f32(&m->final_norm, H);
     e->sample_row = malloc(sizeof(float) * (size_t)c->vocab_size);
-    int ok = e->sample_row && e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head && e->final_norm;
+    int ok = e->sample_row && e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head_p && e->final_norm;
     for (int l = 0; ok && l < c->n_layers; l++) {
         const model_layer *ml = &m->layers[l];
         struct cpu_layer *L = &e->layers[l];
@@ -772,13 +812,13 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
         L->mlp_norm = to_f32(&ml->mlp_norm, H);
         L->q_norm = to_f32(&ml->q_norm, D);
         L->k_norm = to_f32(&ml->k_norm, D);
-        L->wq = linear_f32(&ml->q);
-        L->wk = linear_f32(&ml->k);
-        L->wv = linear_f32(&ml->v);
-        L->wo = linear_f32(&ml->o);
-        L->wgate = linear_f32(&ml->gate);
-        L->wup = linear_f32(&ml->up);
-        L->wdown = linear_f32(&ml->down);
+        L->wq = linear_panels(&ml->q);
+        L->wk = linear_panels(&ml->k);
+        L->wv = linear_panels(&ml->v);
+        L->wo = linear_panels(&ml->o);
+        L->wgate = linear_panels(&ml->gate);
+        L->wup = linear_panels(&ml->up);
+        L->wdown = linear_panels(&ml->down);
         ok = L->attn_norm && L->mlp_norm && L->q_norm && L->k_norm && L->wq && L->wk && L->wv &&
              L->wo && L->wgate && L->wup && L->wdown;
     }

@@ -64,12 +64,17 @@ void sample_scratch_free(sample_scratch *s)
     s->keys_tmp = NULL;
 }
 
+/* The first index of the largest value (the running maximum kept in a
+ * variable: reloading x[best] would chain every step through memory). */
 static int32_t argmax(const float *x, int n)
 {
     int32_t best = 0;
+    float best_value = x[0];
     for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
+        if (x[i] > best_value) {
+            best_value = x[i];
             best = i;
+        }
     return best;
 }
 
