@@ -1,108 +1,143 @@
 /*
- * chat.c - see chat.h. Follows the Jinja template statement by statement;
- * the helpers mirror the Python string methods it uses.
+ * chat.c - the Qwen3 chat template (see chat.h).
+ *
+ * Each branch below mirrors one block of the Jinja template; the string
+ * operations follow Python's: split('</think>')[-1] is the text after the
+ * last tag, split('</think>')[0] the text before the first, lstrip('\n') /
+ * rstrip('\n') / strip('\n') strip newlines only.
  */
 #include "chat.h"
 
 #include <string.h>
 
-static int starts_with(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
+typedef struct span {
+    const char *s;
+    size_t n;
+} span;
 
-static int ends_with(const char *s, const char *p)
+static span lstrip_nl(span x)
 {
-    size_t n = strlen(s), k = strlen(p);
-    return n >= k && !memcmp(s + n - k, p, k);
+    while (x.n && x.s[0] == '\n')
+        x.s++, x.n--;
+    return x;
 }
 
-/* Appends s[0..n) with leading (lead) and/or trailing (trail) '\n' removed. */
-static void add_strip_nl(strbuf *out, const char *s, size_t n, int lead, int trail)
+static span rstrip_nl(span x)
 {
-    while (lead && n && *s == '\n')
-        s++, n--;
-    while (trail && n && s[n - 1] == '\n')
-        n--;
-    sb_add(out, s, n);
+    while (x.n && x.s[x.n - 1] == '\n')
+        x.n--;
+    return x;
 }
 
-static const char *find_last(const char *s, const char *end, const char *needle)
+/* Last occurrence of needle in x, or NULL. */
+static const char *find_last(span x, const char *needle)
 {
     size_t k = strlen(needle);
-    const char *best = NULL;
-    for (const char *p = s; p + k <= end; p++)
+    const char *last = NULL;
+    for (const char *p = x.s; x.n >= k && p <= x.s + x.n - k; p++)
         if (!memcmp(p, needle, k))
-            best = p;
-    return best;
+            last = p;
+    return last;
 }
 
-int chat_render(strbuf *out, const chat_msg *m, int n, int add_generation_prompt,
+static const char *find_first(span x, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (const char *p = x.s; x.n >= k && p <= x.s + x.n - k; p++)
+        if (!memcmp(p, needle, k))
+            return p;
+    return NULL;
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+    return !strncmp(s, prefix, strlen(prefix));
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !memcmp(s + n - k, suffix, k);
+}
+
+static void add_span(strbuf *out, span x)
+{
+    sb_add(out, x.s, x.n);
+}
+
+static void render_assistant(strbuf *out, const char *text, int after_last_query, int is_last)
+{
+    span content = {text, strlen(text)};
+    span reasoning = {"", 0};
+    const char *close = find_first(content, "</think>");
+    if (close) {
+        const char *last_close = find_last(content, "</think>");
+        span whole = content;
+        content = lstrip_nl((span){last_close + 8, (size_t)(whole.s + whole.n - last_close - 8)});
+        span before = rstrip_nl((span){whole.s, (size_t)(close - whole.s)});
+        const char *open = find_last(before, "<think>");
+        if (open)
+            before = (span){open + 7, (size_t)(before.s + before.n - open - 7)};
+        reasoning = lstrip_nl(before);
+    }
+    sb_adds(out, "<|im_start|>assistant\n");
+    if (after_last_query && (is_last || reasoning.n)) {
+        sb_adds(out, "<think>\n");
+        add_span(out, rstrip_nl(lstrip_nl(reasoning)));
+        sb_adds(out, "\n</think>\n\n");
+        add_span(out, lstrip_nl(content));
+    } else {
+        add_span(out, content);
+    }
+    sb_adds(out, "<|im_end|>\n");
+}
+
+int chat_render(strbuf *out, const chat_msg *msgs, int n_msgs, int add_generation_prompt,
                 int enable_thinking, errbuf *err)
 {
-    for (int i = 0; i < n; i++) {
-        const char *r = m[i].role;
-        if (!r || !m[i].content)
-            return errorf(err, "message %d: role and content are required", i);
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") &&
-            strcmp(r, "tool"))
-            return errorf(err, "message %d: unknown role '%s'", i, r);
+    if (n_msgs <= 0)
+        return errorf(err, "no messages to render");
+    for (int i = 0; i < n_msgs; i++) {
+        const char *r = msgs[i].role;
+        if (!r || !msgs[i].content)
+            return errorf(err, "message %d: %s is missing", i, !r ? "role" : "content");
+        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "tool"))
+            return errorf(err, "message %d: unknown role '%s' (system, user, assistant or tool)",
+                          i, r);
     }
-    if (n > 0 && !strcmp(m[0].role, "system")) {
+    if (!out->buf)
+        sb_grow(out, 0);
+    if (!strcmp(msgs[0].role, "system")) {
         sb_adds(out, "<|im_start|>system\n");
-        sb_adds(out, m[0].content);
+        sb_adds(out, msgs[0].content);
         sb_adds(out, "<|im_end|>\n");
     }
-    /* The last user turn that is not a tool response. */
-    int last_query = n - 1;
-    for (int i = n - 1; i >= 0; i--) {
-        const char *c = m[i].content;
-        if (!strcmp(m[i].role, "user") &&
+    /* The last user message that is not a wrapped tool response: reasoning
+     * is kept only on assistant turns after it. */
+    int last_query = n_msgs - 1;
+    for (int i = n_msgs - 1; i >= 0; i--) {
+        const char *c = msgs[i].content;
+        if (!strcmp(msgs[i].role, "user") &&
             !(starts_with(c, "<tool_response>") && ends_with(c, "</tool_response>"))) {
             last_query = i;
             break;
         }
     }
-    for (int i = 0; i < n; i++) {
-        const char *role = m[i].role, *c = m[i].content;
+    for (int i = 0; i < n_msgs; i++) {
+        const char *role = msgs[i].role, *c = msgs[i].content;
         if (!strcmp(role, "user") || (!strcmp(role, "system") && i > 0)) {
             sb_addf(out, "<|im_start|>%s\n", role);
             sb_adds(out, c);
             sb_adds(out, "<|im_end|>\n");
         } else if (!strcmp(role, "assistant")) {
-            const char *content = c, *content_end = c + strlen(c);
-            const char *reason = "", *reason_end = reason;
-            const char *close = strstr(c, "</think>");
-            if (close) {
-                /* content = split('</think>')[-1].lstrip('\n') */
-                content = find_last(c, content_end, "</think>") + strlen("</think>");
-                while (*content == '\n')
-                    content++;
-                /* reasoning = split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') */
-                reason_end = close;
-                while (reason_end > c && reason_end[-1] == '\n')
-                    reason_end--;
-                const char *open = find_last(c, reason_end, "<think>");
-                reason = open ? open + strlen("<think>") : c;
-                if (reason > reason_end)
-                    reason = reason_end;
-                while (reason < reason_end && *reason == '\n')
-                    reason++;
-            }
-            sb_adds(out, "<|im_start|>assistant\n");
-            if (i > last_query && (i == n - 1 || reason_end > reason)) {
-                sb_adds(out, "<think>\n");
-                add_strip_nl(out, reason, (size_t)(reason_end - reason), 1, 1);
-                sb_adds(out, "\n</think>\n\n");
-                add_strip_nl(out, content, (size_t)(content_end - content), 1, 0);
-            } else {
-                sb_add(out, content, (size_t)(content_end - content));
-            }
-            sb_adds(out, "<|im_end|>\n");
+            render_assistant(out, c, i > last_query, i == n_msgs - 1);
         } else if (!strcmp(role, "tool")) {
-            if (i == 0 || strcmp(m[i - 1].role, "tool"))
+            if (i == 0 || strcmp(msgs[i - 1].role, "tool"))
                 sb_adds(out, "<|im_start|>user");
             sb_adds(out, "\n<tool_response>\n");
             sb_adds(out, c);
             sb_adds(out, "\n</tool_response>");
-            if (i == n - 1 || strcmp(m[i + 1].role, "tool"))
+            if (i == n_msgs - 1 || strcmp(msgs[i + 1].role, "tool"))
                 sb_adds(out, "<|im_end|>\n");
         }
     }

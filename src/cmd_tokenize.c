@@ -1,9 +1,8 @@
 /*
  * cmd_tokenize.c - `tokenize`, `detokenize` and `render`: the tokenizer and
- * the chat template on stdin/stdout, for checking them against HF and for
- * scripts.
+ * the chat template on the command line, for checks against HF and for the
+ * tokenizer benchmark.
  */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,171 +13,240 @@
 #include "cli.h"
 #include "tok.h"
 
-static int read_stdin(strbuf *sb)
-{
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0)
-        sb_add(sb, buf, n);
-    return ferror(stdin) ? -1 : 0;
-}
+typedef struct tok_opts {
+    const char *dir;
+    int stats, no_thinking, no_generation_prompt;
+} tok_opts;
 
-/* Common options: --tokenizer DIR (required), --no-thinking, --stats. */
-static int parse(const char *name, int argc, char **argv, const char **dir, int *flag,
-                 const char *help)
+/* Parses --tokenizer DIR (or =DIR) and the flags a command allows.
+ * Returns -1 when --help was printed, an exit code > 0 on error, 0 ok. */
+static int parse_opts(int argc, char **argv, const char *usage, int allow_stats, int allow_render,
+                      tok_opts *o)
 {
-    static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},
-                                         {"no-thinking", no_argument, 0, 'n'},
-                                         {"stats", no_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 't': *dir = optarg; break;
-        case 'n':
-        case 's': *flag = 1; break;
-        case 'h': fputs(help, stdout); return 1;
-        default: return -1;
+    memset(o, 0, sizeof *o);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return -1;
+        } else if (!strcmp(a, "--tokenizer")) {
+            if (++i >= argc)
+                return cli_fail(argv[0], EXIT_USAGE, "--tokenizer needs a directory");
+            o->dir = argv[i];
+        } else if (!strncmp(a, "--tokenizer=", 12)) {
+            o->dir = a + 12;
+        } else if (allow_stats && !strcmp(a, "--stats")) {
+            o->stats = 1;
+        } else if (allow_render && !strcmp(a, "--no-thinking")) {
+            o->no_thinking = 1;
+        } else if (allow_render && !strcmp(a, "--no-generation-prompt")) {
+            o->no_generation_prompt = 1;
+        } else {
+            return cli_fail(argv[0], EXIT_USAGE, "unknown option '%s' (see --help)", a);
         }
     }
-    if (!*dir) {
-        cli_fail(name, EXIT_USAGE, "--tokenizer DIR is required (a folder with tokenizer.json)");
-        return -1;
-    }
+    if (!o->dir)
+        return cli_fail(argv[0], EXIT_USAGE, "--tokenizer DIR is required (see --help)");
     return 0;
+}
+
+static int read_stdin(const char *name, strbuf *in)
+{
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0)
+        sb_add(in, buf, n);
+    if (ferror(stdin))
+        return cli_fail(name, EXIT_FAILURE_, "error reading standard input");
+    if (!in->buf)
+        sb_grow(in, 0);
+    return 0;
+}
+
+static int open_tok(const char *name, const char *dir, tok **t)
+{
+    errbuf err;
+    if (tok_open(t, dir, &err))
+        return cli_fail(name, EXIT_FAILURE_, "%s", err.msg);
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int print_ids(const int32_t *ids, size_t n)
+{
+    strbuf line = STRBUF_INIT;
+    sb_addc(&line, '[');
+    for (size_t i = 0; i < n; i++)
+        sb_addf(&line, i ? ", %d" : "%d", ids[i]);
+    sb_adds(&line, "]\n");
+    size_t w = fwrite(line.buf, 1, line.len, stdout);
+    int ok = w == line.len;
+    sb_release(&line);
+    return ok;
 }
 
 int cmd_tokenize(int argc, char **argv)
 {
-    const char *dir = NULL;
-    int stats = 0;
-    int p = parse("tokenize", argc, argv, &dir, &stats,
-                  "usage: qwen3-batch tokenize --tokenizer DIR [--stats]\n\n"
-                  "Reads UTF-8 text on stdin and prints its token ids as a JSON array.\n"
-                  "--stats: input size, token count and encode speed (MB/s) on stderr.\n");
-    if (p)
-        return p > 0 ? EXIT_OK : EXIT_USAGE;
-    errbuf err = {{0}};
+    static const char usage[] =
+        "usage: qwen3-batch tokenize --tokenizer DIR [--stats] < text\n\n"
+        "Encodes UTF-8 text from standard input with DIR/tokenizer.json and prints\n"
+        "the token ids as one JSON array. Added tokens such as <|im_end|> in the\n"
+        "text are matched whole; nothing is added around the text.\n\n"
+        "  --tokenizer DIR  directory holding tokenizer.json (required)\n"
+        "  --stats          print input MB, token count and MB/s of encoding to stderr\n\n"
+        "exit codes: 0 ok; 1 error (unreadable tokenizer, invalid UTF-8); 2 usage.\n";
+    tok_opts o;
+    int rc = parse_opts(argc, argv, usage, 1, 0, &o);
+    if (rc)
+        return rc < 0 ? EXIT_OK : rc;
     tok *t;
-    if (tok_open(&t, dir, &err))
-        return cli_fail("tokenize", EXIT_FAILURE_, "%s", err.msg);
+    if ((rc = open_tok(argv[0], o.dir, &t)))
+        return rc;
     strbuf in = STRBUF_INIT;
-    if (read_stdin(&in)) {
+    if ((rc = read_stdin(argv[0], &in))) {
         tok_close(t);
-        return cli_fail("tokenize", EXIT_FAILURE_, "reading stdin failed");
+        return rc;
     }
     int32_t *ids;
-    size_t n;
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    int rc = tok_encode(t, in.buf ? in.buf : "", in.len, &ids, &n, &err);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    if (rc) {
-        sb_release(&in);
-        tok_close(t);
-        return cli_fail("tokenize", EXIT_FAILURE_, "stdin: %s", err.msg);
+    size_t n_ids;
+    errbuf err;
+    double t0 = now_s();
+    int erc = tok_encode(t, in.buf, in.len, &ids, &n_ids, &err);
+    double dt = now_s() - t0;
+    if (erc) {
+        rc = cli_fail(argv[0], EXIT_FAILURE_, "standard input: %s", err.msg);
+    } else {
+        if (o.stats) {
+            double mb = (double)in.len / 1e6;
+            fprintf(stderr, "input %.3f MB, %zu tokens, encode %.3f s, %.1f MB/s, %.2f bytes/token\n",
+                    mb, n_ids, dt, dt > 0 ? mb / dt : 0.0,
+                    n_ids ? (double)in.len / (double)n_ids : 0.0);
+        }
+        if (!print_ids(ids, n_ids) || fflush(stdout))
+            rc = cli_fail(argv[0], EXIT_FAILURE_, "error writing standard output");
     }
-    double secs = (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
-    strbuf out = STRBUF_INIT;
-    sb_addc(&out, '[');
-    for (size_t i = 0; i < n; i++)
-        sb_addf(&out, i ? ", %d" : "%d", ids[i]);
-    sb_adds(&out, "]\n");
-    fwrite(out.buf, 1, out.len, stdout);
-    if (stats)
-        fprintf(stderr, "{\"bytes\": %zu, \"tokens\": %zu, \"seconds\": %.4f, \"mb_per_s\": %.2f}\n",
-                in.len, n, secs, secs > 0 ? in.len / 1e6 / secs : 0);
-    sb_release(&out);
-    sb_release(&in);
     free(ids);
+    sb_release(&in);
     tok_close(t);
-    return EXIT_OK;
+    return rc;
 }
 
 int cmd_detokenize(int argc, char **argv)
 {
-    const char *dir = NULL;
-    int unused = 0;
-    int p = parse("detokenize", argc, argv, &dir, &unused,
-                  "usage: qwen3-batch detokenize --tokenizer DIR\n\n"
-                  "Reads a JSON array of token ids on stdin and prints their text.\n");
-    if (p)
-        return p > 0 ? EXIT_OK : EXIT_USAGE;
-    errbuf err = {{0}};
-    json_error_t je;
-    json_t *arr = json_loadf(stdin, 0, &je);
+    static const char usage[] =
+        "usage: qwen3-batch detokenize --tokenizer DIR < ids.json\n\n"
+        "Reads a JSON array of token ids from standard input and prints their text\n"
+        "(raw bytes, no newline added). Added tokens print as their text; ids that\n"
+        "name no token are skipped, as Hugging Face does.\n\n"
+        "  --tokenizer DIR  directory holding tokenizer.json (required)\n\n"
+        "exit codes: 0 ok; 1 error (unreadable tokenizer, bad JSON); 2 usage.\n";
+    tok_opts o;
+    int rc = parse_opts(argc, argv, usage, 0, 0, &o);
+    if (rc)
+        return rc < 0 ? EXIT_OK : rc;
+    strbuf in = STRBUF_INIT;
+    if ((rc = read_stdin(argv[0], &in)))
+        return rc;
+    json_error_t jerr;
+    json_t *arr = json_loadb(in.buf, in.len, 0, &jerr);
+    sb_release(&in);
+    if (!arr)
+        return cli_fail(argv[0], EXIT_FAILURE_, "standard input:%d:%d: %s", jerr.line,
+                        jerr.column, jerr.text);
     if (!json_is_array(arr)) {
         json_decref(arr);
-        return cli_fail("detokenize", EXIT_USAGE, "stdin:%d:%d: expected a JSON array of ids%s%s",
-                        je.line, je.column, arr ? "" : ": ", arr ? "" : je.text);
+        return cli_fail(argv[0], EXIT_FAILURE_, "standard input: expected a JSON array of ids");
     }
     size_t n = json_array_size(arr);
-    int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) {
+    int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    for (size_t i = 0; i < n && !rc; i++) {
         json_t *v = json_array_get(arr, i);
-        if (!json_is_integer(v)) {
-            free(ids);
-            json_decref(arr);
-            return cli_fail("detokenize", EXIT_USAGE, "stdin: element %zu is not an integer", i);
-        }
-        ids[i] = (int32_t)json_integer_value(v);
+        if (!json_is_integer(v) || json_integer_value(v) < INT32_MIN ||
+            json_integer_value(v) > INT32_MAX)
+            rc = cli_fail(argv[0], EXIT_FAILURE_, "standard input: entry %zu is not a token id", i);
+        else
+            ids[i] = (int32_t)json_integer_value(v);
     }
     json_decref(arr);
-    tok *t;
-    if (tok_open(&t, dir, &err)) {
-        free(ids);
-        return cli_fail("detokenize", EXIT_FAILURE_, "%s", err.msg);
-    }
-    strbuf out = STRBUF_INIT;
-    int rc = tok_decode(t, ids, n, &out, &err);
+    tok *t = NULL;
     if (!rc)
-        fwrite(out.buf ? out.buf : "", 1, out.len, stdout);
-    sb_release(&out);
+        rc = open_tok(argv[0], o.dir, &t);
+    if (!rc) {
+        strbuf text = STRBUF_INIT;
+        errbuf err;
+        if (tok_decode(t, ids, n, &text, &err))
+            rc = cli_fail(argv[0], EXIT_FAILURE_, "%s", err.msg);
+        else if (fwrite(text.buf, 1, text.len, stdout) != text.len || fflush(stdout))
+            rc = cli_fail(argv[0], EXIT_FAILURE_, "error writing standard output");
+        sb_release(&text);
+    }
     free(ids);
     tok_close(t);
-    return rc ? cli_fail("detokenize", EXIT_USAGE, "%s", err.msg) : EXIT_OK;
+    return rc;
 }
 
 int cmd_render(int argc, char **argv)
 {
-    const char *dir = NULL;
-    int no_thinking = 0;
-    int p = parse("render", argc, argv, &dir, &no_thinking,
-                  "usage: qwen3-batch render --tokenizer DIR [--no-thinking]\n\n"
-                  "Reads a JSON array of {\"role\", \"content\"} messages on stdin and prints\n"
-                  "the Qwen3 chat prompt with the generation prompt, exactly as transformers'\n"
-                  "apply_chat_template renders it (--no-thinking: enable_thinking=False).\n");
-    if (p)
-        return p > 0 ? EXIT_OK : EXIT_USAGE;
-    errbuf err = {{0}};
-    json_error_t je;
-    json_t *arr = json_loadf(stdin, 0, &je);
+    static const char usage[] =
+        "usage: qwen3-batch render --tokenizer DIR [--no-thinking] < messages.json\n\n"
+        "Reads a JSON array of {\"role\", \"content\"} messages from standard input and\n"
+        "prints the prompt the Qwen3 chat template makes of them, exactly (no newline\n"
+        "added), ending with the generation prompt.\n\n"
+        "  --tokenizer DIR           tokenizer directory (required; checked to load)\n"
+        "  --no-thinking             enable_thinking=false: append the empty think block\n"
+        "  --no-generation-prompt    leave out \"<|im_start|>assistant\\n\"\n\n"
+        "exit codes: 0 ok; 1 error (bad JSON, unknown role); 2 usage.\n";
+    tok_opts o;
+    int rc = parse_opts(argc, argv, usage, 0, 1, &o);
+    if (rc)
+        return rc < 0 ? EXIT_OK : rc;
+    /* The template is built in, but the command promises a usable tokenizer
+     * directory, so a wrong --tokenizer is caught here too. */
+    tok *t;
+    if ((rc = open_tok(argv[0], o.dir, &t)))
+        return rc;
+    tok_close(t);
+    strbuf in = STRBUF_INIT;
+    if ((rc = read_stdin(argv[0], &in)))
+        return rc;
+    json_error_t jerr;
+    json_t *arr = json_loadb(in.buf, in.len, 0, &jerr);
+    sb_release(&in);
+    if (!arr)
+        return cli_fail(argv[0], EXIT_FAILURE_, "standard input:%d:%d: %s", jerr.line,
+                        jerr.column, jerr.text);
     if (!json_is_array(arr)) {
         json_decref(arr);
-        return cli_fail("render", EXIT_USAGE, "stdin:%d:%d: expected a JSON array of messages",
-                        je.line, je.column);
+        return cli_fail(argv[0], EXIT_FAILURE_,
+                        "standard input: expected a JSON array of {\"role\", \"content\"} messages");
     }
     size_t n = json_array_size(arr);
-    chat_msg *m = calloc(n ? n : 1, sizeof *m);
-    for (size_t i = 0; i < n; i++) {
-        json_t *o = json_array_get(arr, i);
-        m[i].role = json_string_value(json_object_get(o, "role"));
-        m[i].content = json_string_value(json_object_get(o, "content"));
-        if (!m[i].role || !m[i].content) {
-            free(m);
-            json_decref(arr);
-            return cli_fail("render", EXIT_USAGE,
-                            "stdin: message %zu needs string \"role\" and \"content\"", i);
-        }
+    chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+    for (size_t i = 0; i < n && !rc; i++) {
+        json_t *m = json_array_get(arr, i);
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        if (!json_is_string(role) || !json_is_string(content))
+            rc = cli_fail(argv[0], EXIT_FAILURE_,
+                          "standard input: message %zu needs string \"role\" and \"content\"", i);
+        else
+            msgs[i] = (chat_msg){json_string_value(role), json_string_value(content)};
     }
-    strbuf out = STRBUF_INIT;
-    int rc = chat_render(&out, m, (int)n, 1, !no_thinking, &err);
-    if (!rc)
-        fwrite(out.buf ? out.buf : "", 1, out.len, stdout);
-    sb_release(&out);
-    free(m);
+    if (!rc) {
+        strbuf out = STRBUF_INIT;
+        errbuf err;
+        if (chat_render(&out, msgs, (int)n, !o.no_generation_prompt, !o.no_thinking, &err))
+            rc = cli_fail(argv[0], EXIT_FAILURE_, "standard input: %s", err.msg);
+        else if (fwrite(out.buf, 1, out.len, stdout) != out.len || fflush(stdout))
+            rc = cli_fail(argv[0], EXIT_FAILURE_, "error writing standard output");
+        sb_release(&out);
+    }
+    free(msgs);
     json_decref(arr);
-    (void)dir; /* the template is Qwen3's; the folder is checked for the tokenizer below */
-    return rc ? cli_fail("render", EXIT_USAGE, "%s", err.msg) : EXIT_OK;
+    return rc;
 }

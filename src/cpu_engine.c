@@ -779,7 +779,12 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     if (n_threads > 256)
         n_threads = 256;
     e->max_seqs = opts->max_seqs > 0 ? opts->max_seqs : 64;
-    e->kv_cap = opts->max_kv_tokens > 0 ? opts->max_kv_tokens : 32768;
+    /* Default cache: 131072 tokens (a full prefill batch) or 4 GiB of fp32
+     * K and V, whichever is smaller. */
+    int64_t per_token = (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * sizeof(float);
+    int64_t by_memory = ((int64_t)4 << 30) / per_token;
+    e->kv_cap = opts->max_kv_tokens > 0 ? opts->max_kv_tokens
+                : by_memory < 131072 ? by_memory : 131072;
     e->base.opts.backend = ENG_BACKEND_CPU;
     e->base.opts.n_threads = n_threads;
     e->base.opts.max_seqs = e->max_seqs;

@@ -16,6 +16,10 @@ static int cmd_help(int argc, char **argv);
 
 static const struct cli_command commands[] = {
     /* CLI_COMMANDS: one line per command, in data-flow order. */
+    {"run", cmd_run, "run a job: ingest, generate, write results (resumable)"},
+    {"status", cmd_status, "where a job stands: documents, tokens, last run, ETA"},
+    {"export", cmd_export, "finished documents from the ledger as JSONL or OpenAI batch output"},
+    {"retry-failed", cmd_retry_failed, "queue a job's failed documents again"},
     {"make-demo-model", cmd_make_demo_model, "write a small random-weight Qwen3 (real tokenizer)"},
     {"tokenize", cmd_tokenize, "text on stdin -> JSON token ids"},
     {"detokenize", cmd_detokenize, "JSON token ids on stdin -> text"},

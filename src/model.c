@@ -1,10 +1,16 @@
 /*
- * model.c - config.json, safetensors through mmap, AWQ (see model.h).
+ * model.c - a Qwen3 model folder: config.json, safetensors through mmap, AWQ.
  *
- * Every tensor the engines will read is looked up by name, and its dtype,
- * shape and byte range are checked against the header, the file size and
- * the config before a view is handed out: the engines never see a pointer
- * that could run past a mapping.
+ * The loader trusts nothing it reads. A safetensors file is an 8-byte header
+ * length, a JSON header {name: {dtype, shape, data_offsets}}, then the data.
+ * Every entry of every header is checked when the file is mapped (known
+ * dtype, shape product times element size equals the byte range, the range
+ * lies inside the file), and every tensor the model uses is checked again
+ * against the shape the config implies. Only then does a model_tensor point
+ * into the mapping, so the engines can read it without bounds checks.
+ *
+ * Tensors are looked up by name through jansson's hash of the parsed header
+ * (and the index's weight_map for sharded checkpoints); nothing is copied.
  */
 #include "model.h"
 
@@ -12,8 +18,10 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,670 +30,1094 @@
 
 const int model_awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
+/* One mapped safetensors file. */
 struct model_file {
     char *path;
+    char *name; /* file name inside the folder, as the index names it */
     void *map;
     size_t size;
+    const unsigned char *data; /* start of the data section */
+    size_t data_size;
     json_t *header;
-    size_t data_start; /* 8 + header length */
 };
 
-/* ---- number conversions ---- */
+struct model_priv {
+    json_t *weight_map; /* from model.safetensors.index.json, or NULL */
+};
 
-float model_bf16_to_f32(uint16_t h)
+/* ---- fp16 / bf16 ---------------------------------------------------------- */
+
+static uint32_t f32_bits(float f)
 {
-    uint32_t u = (uint32_t)h << 16;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
+float model_bf16_to_f32(uint16_t h)
+{
+    return bits_f32((uint32_t)h << 16);
+}
+
 uint16_t model_f32_to_bf16(float f)
 {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000)
-        return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-    u += 0x7fff + ((u >> 16) & 1);
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1); /* round to nearest even */
     return (uint16_t)(u >> 16);
 }
 
 float model_f16_to_f32(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    if (exp == 0x1f) /* inf or NaN */
+        return bits_f32(sign | 0x7f800000u | (mant << 13));
     if (exp == 0) {
-        if (man == 0) {
-            u = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) {
-                man <<= 1;
-                exp--;
-            }
-            u = sign | exp << 23 | (man & 0x3ff) << 13;
-        }
-    } else if (exp == 31) {
-        u = sign | 0x7f800000 | man << 13;
-    } else {
-        u = sign | (exp + 127 - 15) << 23 | man << 13;
+        /* zero or subnormal: mant * 2^-24, exact in fp32 */
+        float v = (float)mant * 0x1p-24f;
+        return sign ? -v : v;
     }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
 uint16_t model_f32_to_f16(float f)
 {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t sign = (u >> 16) & 0x8000;
-    int32_t exp = (int32_t)((u >> 23) & 0xff) - 127 + 15;
-    uint32_t man = u & 0x7fffff;
-    if (((u >> 23) & 0xff) == 0xff)
-        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-    if (exp >= 31)
-        return (uint16_t)(sign | 0x7c00);
-    if (exp <= 0) {
-        if (exp < -10)
-            return (uint16_t)sign;
-        man |= 0x800000;
-        uint32_t shift = (uint32_t)(14 - exp);
-        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-        if (rem > mid || (rem == mid && (half & 1)))
-            half++;
-        return (uint16_t)(sign | half);
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN */
+        return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff);
+    if (a >= 0x477ff000u) /* rounds to or beyond 65520: inf */
+        return sign | 0x7c00;
+    if (a < 0x38800000u) {
+        /* result is subnormal (or zero): round a * 2^24 to an integer, ties to even */
+        if (a < 0x33000000u) /* below half the smallest subnormal */
+            return sign;
+        uint32_t mant = (a & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)(a >> 23); /* 14..24 */
+        uint32_t q = mant >> shift;
+        uint32_t rem = mant & ((1u << shift) - 1);
+        uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1)))
+            q++;
+        return sign | (uint16_t)q;
     }
-    uint32_t h = sign | (uint32_t)exp << 10 | man >> 13, rem = man & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-        h++; /* may carry into the exponent: still correct */
-    return (uint16_t)h;
+    /* normal: rebias and round the 13 dropped bits to nearest even */
+    uint32_t r = a - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1);
+    return sign | (uint16_t)(r >> 13);
 }
 
-static size_t dtype_size(enum model_dtype d) { return d == MODEL_F32 || d == MODEL_I32 ? 4 : 2; }
+/* ---- config.json ---------------------------------------------------------- */
 
-/* ---- config.json ---- */
-
-static int get_int(json_t *o, const char *key, int required, int def, int *out, const char *path,
-                   errbuf *err)
+static const char *json_type_name(const json_t *v)
 {
-    json_t *v = json_object_get(o, key);
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
+    }
+}
+
+/* Reads obj[key] as an integer; absent or null gives def (or an error when
+ * required). A real with an integral value is accepted: some exporters
+ * write 128.0. */
+static int cfg_int(const json_t *obj, const char *key, int required, long long def, long long lo,
+                   long long hi, long long *out, const char *path, const char *where, errbuf *err)
+{
+    json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
         if (required)
-            return errorf(err, "%s: missing field '%s'", path, key);
+            return errorf(err, "%s: missing field '%s%s'", path, where, key);
         *out = def;
         return 0;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 100000000)
-        return errorf(err, "%s: field '%s' must be a non-negative integer", path, key);
-    *out = (int)json_integer_value(v);
+    long long x;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+               fabs(json_real_value(v)) < 9e15) {
+        x = (long long)json_real_value(v);
+    } else {
+        return errorf(err, "%s: field '%s%s' must be an integer, not %s", path, where, key,
+                      json_type_name(v));
+    }
+    if (x < lo || x > hi)
+        return errorf(err, "%s: field '%s%s' is %lld, outside [%lld, %lld]", path, where, key, x,
+                      lo, hi);
+    *out = x;
     return 0;
 }
 
-static int get_num(json_t *o, const char *key, double def, double *out, const char *path,
-                   errbuf *err)
+static int cfg_num(const json_t *obj, const char *key, int required, double def, double *out,
+                   const char *path, const char *where, errbuf *err)
 {
-    json_t *v = json_object_get(o, key);
+    json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
+        if (required)
+            return errorf(err, "%s: missing field '%s%s'", path, where, key);
         *out = def;
         return 0;
     }
     if (!json_is_number(v))
-        return errorf(err, "%s: field '%s' must be a number", path, key);
+        return errorf(err, "%s: field '%s%s' must be a number, not %s", path, where, key,
+                      json_type_name(v));
     *out = json_number_value(v);
+    if (!isfinite(*out))
+        return errorf(err, "%s: field '%s%s' is not finite", path, where, key);
     return 0;
 }
 
-static int parse_dtype_name(const char *s, enum model_dtype *d)
+static int cfg_bool(const json_t *obj, const char *key, int def, int *out, const char *path,
+                    const char *where, errbuf *err)
 {
-    if (!strcmp(s, "bfloat16"))
-        *d = MODEL_BF16;
-    else if (!strcmp(s, "float16") || !strcmp(s, "half"))
-        *d = MODEL_F16;
-    else if (!strcmp(s, "float32") || !strcmp(s, "float"))
-        *d = MODEL_F32;
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_boolean(v))
+        return errorf(err, "%s: field '%s%s' must be true or false, not %s", path, where, key,
+                      json_type_name(v));
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* torch dtype names as config.json spells them. */
+static int parse_torch_dtype(const char *s, enum model_dtype *out)
+{
+    if (!strcmp(s, "bfloat16") || !strcmp(s, "torch.bfloat16"))
+        *out = MODEL_BF16;
+    else if (!strcmp(s, "float16") || !strcmp(s, "torch.float16") || !strcmp(s, "half"))
+        *out = MODEL_F16;
+    else if (!strcmp(s, "float32") || !strcmp(s, "torch.float32") || !strcmp(s, "float"))
+        *out = MODEL_F32;
     else
         return -1;
     return 0;
 }
 
-int model_config_parse(model_config *cfg, const char *text, const char *path, errbuf *err)
+/* rope_scaling (transformers 4) or rope_parameters (transformers 5): none,
+ * "default", or YaRN. Everything else changes the frequencies in ways we do
+ * not implement, so it is refused rather than silently ignored. */
+static int parse_rope(model_config *cfg, const json_t *rope, const char *field, const char *path,
+                      errbuf *err)
+{
+    char where[64];
+    snprintf(where, sizeof where, "%s.", field);
+    if (!json_is_object(rope))
+        return errorf(err, "%s: field '%s' must be an object or null, not %s", path, field,
+                      json_type_name(rope));
+    if (json_object_get(rope, "rope_theta")) {
+        if (cfg_num(rope, "rope_theta", 1, 0, &cfg->rope_theta, path, where, err))
+            return -1;
+        if (!(cfg->rope_theta > 1))
+            return errorf(err, "%s: field '%srope_theta' must be greater than 1", path, where);
+    }
+    json_t *type = json_object_get(rope, "rope_type");
+    const char *tkey = "rope_type";
+    if (!type || json_is_null(type)) {
+        type = json_object_get(rope, "type");
+        tkey = "type";
+    }
+    const char *t = "default";
+    if (type && !json_is_null(type)) {
+        if (!json_is_string(type))
+            return errorf(err, "%s: field '%s%s' must be a string", path, where, tkey);
+        t = json_string_value(type);
+    }
+    if (!strcmp(t, "default"))
+        return 0;
+    if (strcmp(t, "yarn"))
+        return errorf(err, "%s: field '%s%s' is '%s': unsupported RoPE scaling (only yarn or none)",
+                      path, where, tkey, t);
+    cfg->rope_yarn = 1;
+    long long orig;
+    if (cfg_int(rope, "original_max_position_embeddings", 0, cfg->max_position_embeddings, 1,
+                1LL << 30, &orig, path, where, err))
+        return -1;
+    cfg->yarn_original_max_position = (int)orig;
+    /* transformers 5.17 uses the factor as given (and only warns when it
+     * differs from max_position_embeddings / original); without a factor it
+     * falls back to that ratio. */
+    double factor = 0;
+    if (cfg_num(rope, "factor", 0, 0, &factor, path, where, err))
+        return -1;
+    if (factor == 0 && json_object_get(rope, "original_max_position_embeddings"))
+        factor = (double)cfg->max_position_embeddings / (double)orig;
+    else if (factor == 0)
+        return errorf(err, "%s: missing field '%sfactor'", path, where);
+    if (!(factor > 0))
+        return errorf(err, "%s: field '%sfactor' must be positive", path, where);
+    cfg->yarn_factor = factor;
+    /* HF reads these with `or`: 0 and null both mean the default. */
+    if (cfg_num(rope, "beta_fast", 0, 0, &cfg->yarn_beta_fast, path, where, err) ||
+        cfg_num(rope, "beta_slow", 0, 0, &cfg->yarn_beta_slow, path, where, err))
+        return -1;
+    if (cfg->yarn_beta_fast == 0)
+        cfg->yarn_beta_fast = 32;
+    if (cfg->yarn_beta_slow == 0)
+        cfg->yarn_beta_slow = 1;
+    if (cfg->yarn_beta_fast < 0 || cfg->yarn_beta_slow < 0)
+        return errorf(err, "%s: field '%sbeta_fast'/'beta_slow' must be positive", path, where);
+    double attn = 0, mscale = 0, mscale_all = 0;
+    if (cfg_num(rope, "attention_factor", 0, 0, &attn, path, where, err) ||
+        cfg_num(rope, "mscale", 0, 0, &mscale, path, where, err) ||
+        cfg_num(rope, "mscale_all_dim", 0, 0, &mscale_all, path, where, err))
+        return -1;
+    if (attn < 0)
+        return errorf(err, "%s: field '%sattention_factor' must be positive", path, where);
+    if (attn == 0 && mscale != 0 && mscale_all != 0) {
+        /* DeepSeek-style: get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim) */
+        double num = factor <= 1 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+        double den = factor <= 1 ? 1.0 : 0.1 * mscale_all * log(factor) + 1.0;
+        attn = num / den;
+    }
+    cfg->yarn_attention_factor = attn;
+    int truncate = 1;
+    if (cfg_bool(rope, "truncate", 1, &truncate, path, where, err))
+        return -1;
+    cfg->yarn_no_truncate = !truncate;
+    return 0;
+}
+
+static int parse_quant(model_config *cfg, const json_t *q, const char *path, errbuf *err)
+{
+    const char *w = "quantization_config.";
+    if (!json_is_object(q))
+        return errorf(err, "%s: field 'quantization_config' must be an object, not %s", path,
+                      json_type_name(q));
+    json_t *method = json_object_get(q, "quant_method");
+    if (!json_is_string(method))
+        return errorf(err, "%s: field '%squant_method' must be a string", path, w);
+    if (strcasecmp(json_string_value(method), "awq"))
+        return errorf(err,
+                      "%s: field '%squant_method' is '%s': unsupported quantization (only awq)",
+                      path, w, json_string_value(method));
+    /* AutoAWQ has written both spellings over time. */
+    const char *bits_key =
+        json_object_get(q, "w_bit") && !json_object_get(q, "bits") ? "w_bit" : "bits";
+    long long bits, group;
+    if (cfg_int(q, bits_key, 1, 0, -(1LL << 30), 1LL << 30, &bits, path, w, err))
+        return -1;
+    if (bits != 4)
+        return errorf(err, "%s: field '%s%s' is %lld: only 4-bit AWQ is supported", path, w,
+                      bits_key, bits);
+    const char *group_key = json_object_get(q, "q_group_size") && !json_object_get(q, "group_size")
+                                ? "q_group_size"
+                                : "group_size";
+    if (cfg_int(q, group_key, 1, 0, -(1LL << 30), 1LL << 30, &group, path, w, err))
+        return -1;
+    if (group < 8 || group % 8)
+        return errorf(err,
+                      "%s: field '%s%s' is %lld: must be a positive multiple of 8 (per-channel "
+                      "AWQ, group -1, is not supported)",
+                      path, w, group_key, group);
+    json_t *version = json_object_get(q, "version");
+    if (version && !json_is_null(version) &&
+        (!json_is_string(version) || strcasecmp(json_string_value(version), "gemm")))
+        return errorf(err, "%s: field '%sversion' is %s%s%s: only the GEMM packing is supported",
+                      path, w, json_is_string(version) ? "'" : "",
+                      json_is_string(version) ? json_string_value(version)
+                                              : json_type_name(version),
+                      json_is_string(version) ? "'" : "");
+    int zero_point = 1;
+    if (cfg_bool(q, "zero_point", 1, &zero_point, path, w, err))
+        return -1;
+    if (!zero_point)
+        return errorf(err,
+                      "%s: field '%szero_point' is false: only AWQ with zero points is "
+                      "supported",
+                      path, w);
+    cfg->is_awq = 1;
+    cfg->awq_group_size = (int)group;
+    return 0;
+}
+
+static void add_eos(model_config *cfg, long long id)
+{
+    for (int i = 0; i < cfg->n_eos; i++)
+        if (cfg->eos_ids[i] == id)
+            return;
+    if (cfg->n_eos < (int)(sizeof cfg->eos_ids / sizeof cfg->eos_ids[0]))
+        cfg->eos_ids[cfg->n_eos++] = (int)id;
+}
+
+/* Parses a config object; *dtype_given tells whether it named a dtype. */
+static int config_from_json(model_config *cfg, const json_t *root, const char *path,
+                            int *dtype_given, errbuf *err)
 {
     memset(cfg, 0, sizeof *cfg);
-    json_error_t je;
-    json_t *o = json_loads(text, 0, &je);
-    if (!o)
-        return errorf(err, "%s:%d:%d: %s", path, je.line, je.column, je.text);
-    int rc = -1;
-    if (!json_is_object(o)) {
-        errorf(err, "%s: not a JSON object", path);
-        goto out;
-    }
-    const char *mt = json_string_value(json_object_get(o, "model_type"));
-    if (mt && strcmp(mt, "qwen3")) {
-        errorf(err, "%s: model_type '%s' is not supported (only dense Qwen3, 'qwen3')", path, mt);
-        goto out;
-    }
-    if (get_int(o, "vocab_size", 1, 0, &cfg->vocab_size, path, err) ||
-        get_int(o, "hidden_size", 1, 0, &cfg->hidden_size, path, err) ||
-        get_int(o, "num_hidden_layers", 1, 0, &cfg->n_layers, path, err) ||
-        get_int(o, "num_attention_heads", 1, 0, &cfg->n_heads, path, err) ||
-        get_int(o, "intermediate_size", 1, 0, &cfg->intermediate_size, path, err) ||
-        get_int(o, "num_key_value_heads", 0, cfg->n_heads, &cfg->n_kv_heads, path, err) ||
-        get_int(o, "max_position_embeddings", 0, 40960, &cfg->max_position_embeddings, path, err))
-        goto out;
-    if (cfg->n_heads <= 0 || cfg->hidden_size <= 0 || cfg->vocab_size <= 0 || cfg->n_layers <= 0 ||
-        cfg->intermediate_size <= 0) {
-        errorf(err, "%s: sizes must be positive", path);
-        goto out;
-    }
-    if (get_int(o, "head_dim", 0, cfg->hidden_size / cfg->n_heads, &cfg->head_dim, path, err))
-        goto out;
-    if (cfg->n_kv_heads <= 0 || cfg->n_heads % cfg->n_kv_heads) {
-        errorf(err, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path,
-               cfg->n_heads, cfg->n_kv_heads);
-        goto out;
-    }
-    if (cfg->head_dim <= 0 || cfg->head_dim % 2) {
-        errorf(err, "%s: head_dim must be even and positive", path);
-        goto out;
-    }
+    if (!json_is_object(root))
+        return errorf(err, "%s: expected a JSON object", path);
+    json_t *mt = json_object_get(root, "model_type");
+    if (mt && !json_is_null(mt) && (!json_is_string(mt) || strcmp(json_string_value(mt), "qwen3")))
+        return errorf(err, "%s: field 'model_type' is %s%s%s: only qwen3 models are supported",
+                      path, json_is_string(mt) ? "'" : "",
+                      json_is_string(mt) ? json_string_value(mt) : json_type_name(mt),
+                      json_is_string(mt) ? "'" : "");
+
+    const long long big = 1LL << 24;
+    long long vocab, hidden, layers, heads, kv, head_dim, inter, maxpos;
+    if (cfg_int(root, "vocab_size", 1, 0, 1, 1LL << 28, &vocab, path, "", err) ||
+        cfg_int(root, "hidden_size", 1, 0, 1, big, &hidden, path, "", err) ||
+        cfg_int(root, "num_hidden_layers", 1, 0, 1, 4096, &layers, path, "", err) ||
+        cfg_int(root, "num_attention_heads", 1, 0, 1, 4096, &heads, path, "", err) ||
+        cfg_int(root, "num_key_value_heads", 0, heads, 1, 4096, &kv, path, "", err) ||
+        cfg_int(root, "intermediate_size", 1, 0, 1, big, &inter, path, "", err) ||
+        cfg_int(root, "max_position_embeddings", 0, 32768, 1, 1LL << 30, &maxpos, path, "", err))
+        return -1;
+    /* head_dim null means hidden / heads, as in transformers */
+    if (cfg_int(root, "head_dim", 0, hidden / heads, 1, 65536, &head_dim, path, "", err))
+        return -1;
+    if (heads % kv)
+        return errorf(err,
+                      "%s: field 'num_key_value_heads' is %lld: must divide "
+                      "num_attention_heads (%lld)",
+                      path, kv, heads);
+    if (head_dim % 2)
+        return errorf(err, "%s: field 'head_dim' is %lld: RoPE needs an even head size", path,
+                      head_dim);
+    cfg->vocab_size = (int)vocab;
+    cfg->hidden_size = (int)hidden;
+    cfg->n_layers = (int)layers;
+    cfg->n_heads = (int)heads;
+    cfg->n_kv_heads = (int)kv;
+    cfg->head_dim = (int)head_dim;
+    cfg->intermediate_size = (int)inter;
+    cfg->max_position_embeddings = (int)maxpos;
+
     double eps;
-    if (get_num(o, "rms_norm_eps", 1e-6, &eps, path, err))
-        goto out;
+    if (cfg_num(root, "rms_norm_eps", 0, 1e-6, &eps, path, "", err))
+        return -1;
+    if (!(eps > 0 && eps < 1))
+        return errorf(err, "%s: field 'rms_norm_eps' is %g: must be in (0, 1)", path, eps);
     cfg->rms_norm_eps = (float)eps;
-    json_t *tie = json_object_get(o, "tie_word_embeddings");
-    cfg->tie_word_embeddings = json_is_true(tie);
+    if (cfg_num(root, "rope_theta", 0, 10000.0, &cfg->rope_theta, path, "", err))
+        return -1;
+    if (!(cfg->rope_theta > 1))
+        return errorf(err, "%s: field 'rope_theta' is %g: must be greater than 1", path,
+                      cfg->rope_theta);
+    if (cfg_bool(root, "tie_word_embeddings", 0, &cfg->tie_word_embeddings, path, "", err))
+        return -1;
 
-    /* RoPE: rope_theta + rope_scaling (Qwen3 checkpoints), or transformers 5's
-     * rope_parameters holding both. */
-    json_t *rp = json_object_get(o, "rope_parameters");
-    json_t *rs = json_object_get(o, "rope_scaling");
-    if (get_num(o, "rope_theta", 1000000.0, &cfg->rope_theta, path, err))
-        goto out;
-    if (json_is_object(rp)) {
-        if (get_num(rp, "rope_theta", cfg->rope_theta, &cfg->rope_theta, path, err))
-            goto out;
-        if (!rs || json_is_null(rs))
-            rs = rp;
-    }
-    if (rs && !json_is_null(rs)) {
-        const char *type = json_string_value(json_object_get(rs, "rope_type"));
-        if (!type)
-            type = json_string_value(json_object_get(rs, "type"));
-        if (!type) {
-            errorf(err, "%s: rope_scaling needs a rope_type", path);
-            goto out;
-        }
-        if (!strcmp(type, "yarn")) {
-            cfg->rope_yarn = 1;
-            if (get_num(rs, "factor", 1.0, &cfg->yarn_factor, path, err) ||
-                get_num(rs, "beta_fast", 32, &cfg->yarn_beta_fast, path, err) ||
-                get_num(rs, "beta_slow", 1, &cfg->yarn_beta_slow, path, err) ||
-                get_int(rs, "original_max_position_embeddings", 0, 0,
-                        &cfg->yarn_original_max_position, path, err))
-                goto out;
-            if (cfg->yarn_factor < 1.0) {
-                errorf(err, "%s: rope_scaling.factor must be >= 1", path);
-                goto out;
-            }
-        } else if (strcmp(type, "default")) {
-            errorf(err, "%s: rope_scaling type '%s' is not supported (default or yarn)", path,
-                   type);
-            goto out;
-        }
+    /* transformers 5 writes rope_parameters (with rope_theta inside); 4
+     * writes rope_theta beside rope_scaling. */
+    json_t *rp = json_object_get(root, "rope_parameters");
+    json_t *rs = json_object_get(root, "rope_scaling");
+    if (rp && !json_is_null(rp)) {
+        if (parse_rope(cfg, rp, "rope_parameters", path, err))
+            return -1;
+    } else if (rs && !json_is_null(rs)) {
+        if (parse_rope(cfg, rs, "rope_scaling", path, err))
+            return -1;
     }
 
-    const char *dt = json_string_value(json_object_get(o, "torch_dtype"));
-    if (!dt)
-        dt = json_string_value(json_object_get(o, "dtype"));
+    const char *dkey = "torch_dtype";
+    json_t *dt = json_object_get(root, dkey);
+    if (!dt || json_is_null(dt)) {
+        dkey = "dtype";
+        dt = json_object_get(root, dkey);
+    }
+    *dtype_given = 0;
     cfg->dtype = MODEL_BF16;
-    if (dt && parse_dtype_name(dt, &cfg->dtype)) {
-        errorf(err, "%s: torch_dtype '%s' is not supported (bfloat16, float16, float32)", path,
-               dt);
-        goto out;
+    if (dt && !json_is_null(dt)) {
+        if (!json_is_string(dt) || parse_torch_dtype(json_string_value(dt), &cfg->dtype))
+            return errorf(err, "%s: field '%s' is %s%s%s: supported are bfloat16, float16, float32",
+                          path, dkey, json_is_string(dt) ? "'" : "",
+                          json_is_string(dt) ? json_string_value(dt) : json_type_name(dt),
+                          json_is_string(dt) ? "'" : "");
+        *dtype_given = 1;
     }
 
-    json_t *q = json_object_get(o, "quantization_config");
-    if (q && !json_is_null(q)) {
-        const char *qm = json_string_value(json_object_get(q, "quant_method"));
-        if (!qm || strcmp(qm, "awq")) {
-            errorf(err, "%s: quantization_config.quant_method '%s' is not supported (only awq)",
-                   path, qm ? qm : "?");
-            goto out;
-        }
-        int bits, gs;
-        if (get_int(q, "bits", 0, 4, &bits, path, err) ||
-            get_int(q, "group_size", 0, 128, &gs, path, err))
-            goto out;
-        const char *ver = json_string_value(json_object_get(q, "version"));
-        json_t *zp = json_object_get(q, "zero_point");
-        if (bits != 4 || (ver && strcasecmp(ver, "gemm")) || (zp && !json_is_true(zp)) || gs <= 0) {
-            errorf(err,
-                   "%s: AWQ must be bits 4, version gemm, zero_point true (got bits %d, version "
-                   "%s)",
-                   path, bits, ver ? ver : "?");
-            goto out;
-        }
-        cfg->is_awq = 1;
-        cfg->awq_group_size = gs;
-    }
+    json_t *q = json_object_get(root, "quantization_config");
+    if (q && !json_is_null(q) && parse_quant(cfg, q, path, err))
+        return -1;
 
-    /* EOS: the config's ids plus Qwen3's two end tokens. */
-    json_t *eos = json_object_get(o, "eos_token_id");
-    int ids[8], n = 0;
-    if (json_is_integer(eos))
-        ids[n++] = (int)json_integer_value(eos);
-    else if (json_is_array(eos)) {
+    json_t *eos = json_object_get(root, "eos_token_id");
+    if (json_is_integer(eos)) {
+        if (json_integer_value(eos) < 0 || json_integer_value(eos) > INT32_MAX)
+            return errorf(err, "%s: field 'eos_token_id' must be a token id", path);
+        add_eos(cfg, json_integer_value(eos));
+    } else if (json_is_array(eos)) {
         size_t i;
-        json_t *v;
-        json_array_foreach(eos, i, v) if (json_is_integer(v) && n < 4) ids[n++] = (int)json_integer_value(v);
+        json_t *e;
+        json_array_foreach(eos, i, e)
+        {
+            if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                json_integer_value(e) > INT32_MAX)
+                return errorf(err, "%s: field 'eos_token_id[%zu]' must be a token id", path, i);
+            add_eos(cfg, json_integer_value(e));
+        }
+    } else if (eos && !json_is_null(eos)) {
+        return errorf(err, "%s: field 'eos_token_id' must be an integer or a list of them", path);
     }
-    ids[n++] = 151645;
-    ids[n++] = 151643;
-    for (int i = 0; i < n && cfg->n_eos < 4; i++) {
-        int dup = 0;
-        for (int k = 0; k < cfg->n_eos; k++)
-            dup |= cfg->eos_ids[k] == ids[i];
-        if (!dup)
-            cfg->eos_ids[cfg->n_eos++] = ids[i];
-    }
-    rc = 0;
-out:
-    json_decref(o);
+    /* Qwen3 chat models end turns with <|im_end|> and documents with
+     * <|endoftext|>, whatever the config lists. */
+    add_eos(cfg, 151645);
+    add_eos(cfg, 151643);
+    return 0;
+}
+
+int model_config_parse(model_config *cfg, const char *json_text, const char *path, errbuf *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loads(json_text, 0, &jerr);
+    if (!root)
+        return errorf(err, "%s: line %d, column %d: %s", path, jerr.line, jerr.column, jerr.text);
+    int dtype_given;
+    int rc = config_from_json(cfg, root, path, &dtype_given, err);
+    json_decref(root);
     return rc;
 }
 
-void model_config_qwen3_14b(model_config *c)
+void model_config_qwen3_14b(model_config *cfg)
 {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = 151936;
-    c->hidden_size = 5120;
-    c->n_layers = 40;
-    c->n_heads = 40;
-    c->n_kv_heads = 8;
-    c->head_dim = 128;
-    c->intermediate_size = 17408;
-    c->rms_norm_eps = 1e-6f;
-    c->rope_theta = 1000000.0;
-    c->max_position_embeddings = 40960;
-    c->tie_word_embeddings = 0;
-    c->dtype = MODEL_F16;
-    c->is_awq = 1;
-    c->awq_group_size = 128;
-    c->eos_ids[0] = 151645;
-    c->eos_ids[1] = 151643;
-    c->n_eos = 2;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->vocab_size = 151936;
+    cfg->hidden_size = 5120;
+    cfg->n_layers = 40;
+    cfg->n_heads = 40;
+    cfg->n_kv_heads = 8;
+    cfg->head_dim = 128;
+    cfg->intermediate_size = 17408;
+    cfg->rms_norm_eps = 1e-6f;
+    cfg->rope_theta = 1000000.0;
+    cfg->max_position_embeddings = 40960;
+    cfg->tie_word_embeddings = 0;
+    cfg->rope_yarn = 0;
+    cfg->dtype = MODEL_F16; /* Qwen3-14B-AWQ's torch_dtype */
+    cfg->is_awq = 1;
+    cfg->awq_group_size = 128;
+    cfg->eos_ids[0] = 151645;
+    cfg->eos_ids[1] = 151643;
+    cfg->n_eos = 2;
 }
 
-/* transformers' _compute_default_rope_parameters / _compute_yarn_parameters. */
+/* ---- RoPE ------------------------------------------------------------------ */
+
+/* transformers' _compute_default_rope_parameters and _compute_yarn_parameters,
+ * in double and rounded once (torch works in fp32; the two agree to an ulp or
+ * two, far inside what any forward pass notices). */
 void model_rope_inv_freq(const model_config *cfg, float *inv_freq, float *attn_factor)
 {
     int dim = cfg->head_dim, half = dim / 2;
     double base = cfg->rope_theta;
-    *attn_factor = 1.0f;
-    for (int i = 0; i < half; i++)
-        inv_freq[i] = (float)(1.0 / pow(base, (double)(2 * i) / dim));
-    if (!cfg->rope_yarn)
+    if (!cfg->rope_yarn) {
+        for (int i = 0; i < half; i++)
+            inv_freq[i] = (float)(1.0 / pow(base, (double)(2 * i) / dim));
+        *attn_factor = 1.0f;
         return;
+    }
     double factor = cfg->yarn_factor;
-    int orig = cfg->max_position_embeddings;
-    if (cfg->yarn_original_max_position > 0) {
-        /* HF: with original_max_position_embeddings given, the factor is
-         * the ratio of the context lengths. */
-        orig = cfg->yarn_original_max_position;
-        factor = (double)cfg->max_position_embeddings / orig;
+    double attn = cfg->yarn_attention_factor;
+    if (attn <= 0)
+        attn = factor <= 1 ? 1.0 : 0.1 * log(factor) + 1.0;
+    double beta_fast = cfg->yarn_beta_fast > 0 ? cfg->yarn_beta_fast : 32;
+    double beta_slow = cfg->yarn_beta_slow > 0 ? cfg->yarn_beta_slow : 1;
+    double orig = cfg->yarn_original_max_position > 0 ? cfg->yarn_original_max_position
+                                                      : cfg->max_position_embeddings;
+    /* find_correction_dim: the dimension whose wavelength makes num_rotations
+     * turns over the original context */
+    double low = dim * log(orig / (beta_fast * 2 * M_PI)) / (2 * log(base));
+    double high = dim * log(orig / (beta_slow * 2 * M_PI)) / (2 * log(base));
+    if (!cfg->yarn_no_truncate) {
+        low = floor(low);
+        high = ceil(high);
     }
-    *attn_factor = factor > 1.0 ? (float)(0.1 * log(factor) + 1.0) : 1.0f;
-    double lo = dim * log(orig / (cfg->yarn_beta_fast * 2 * M_PI)) / (2 * log(base));
-    double hi = dim * log(orig / (cfg->yarn_beta_slow * 2 * M_PI)) / (2 * log(base));
-    lo = floor(lo);
-    hi = ceil(hi);
-    if (lo < 0)
-        lo = 0;
-    if (hi > dim - 1)
-        hi = dim - 1;
-    if (lo == hi)
-        hi += 0.001;
+    if (low < 0)
+        low = 0;
+    if (high > dim - 1)
+        high = dim - 1;
+    if (low == high)
+        high += 0.001; /* HF's guard against a zero-width ramp */
     for (int i = 0; i < half; i++) {
-        double ramp = (i - lo) / (hi - lo);
+        double pos_freq = pow(base, (double)(2 * i) / dim);
+        double extrapolation = 1.0 / pos_freq;
+        double interpolation = 1.0 / (factor * pos_freq);
+        double ramp = ((double)i - low) / (high - low);
         ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
-        double extra = 1.0 - ramp; /* inv_freq_extrapolation_factor */
-        float pos = (float)pow(base, (double)(2 * i) / dim);
-        float f_extra = 1.0f / pos, f_inter = 1.0f / ((float)factor * pos);
-        inv_freq[i] = (float)(f_inter * (1 - extra) + f_extra * extra);
+        double extrapolation_factor = 1 - ramp;
+        inv_freq[i] = (float)(interpolation * (1 - extrapolation_factor) +
+                              extrapolation * extrapolation_factor);
     }
+    *attn_factor = (float)attn;
 }
 
-/* ---- safetensors ---- */
+/* ---- safetensors ----------------------------------------------------------- */
 
-static int map_file(struct model_file *f, const char *path, errbuf *err)
+/* Element sizes of every safetensors dtype, so that headers holding tensors we
+ * never use can still be checked; only four of them map to a model_dtype. */
+static int st_dtype(const char *s, int *elem_size, int *model_dt)
 {
-    memset(f, 0, sizeof *f);
-    f->path = strdup(path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return errorf(err, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) || st.st_size < 8) {
-        close(fd);
-        return errorf(err, "%s: too short to be a safetensors file", path);
+    static const struct {
+        const char *name;
+        int size, model_dt;
+    } table[] = {
+        {"F32", 4, MODEL_F32}, {"F16", 2, MODEL_F16}, {"BF16", 2, MODEL_BF16},
+        {"I32", 4, MODEL_I32}, {"F64", 8, -1},        {"I64", 8, -1},
+        {"U64", 8, -1},        {"U32", 4, -1},        {"I16", 2, -1},
+        {"U16", 2, -1},        {"I8", 1, -1},         {"U8", 1, -1},
+        {"BOOL", 1, -1},       {"F8_E4M3", 1, -1},    {"F8_E5M2", 1, -1},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(s, table[i].name)) {
+            *elem_size = table[i].size;
+            *model_dt = table[i].model_dt;
+            return 0;
+        }
+    return -1;
+}
+
+static const char *dtype_name(enum model_dtype d)
+{
+    switch (d) {
+    case MODEL_F32:
+        return "F32";
+    case MODEL_F16:
+        return "F16";
+    case MODEL_BF16:
+        return "BF16";
+    case MODEL_I32:
+        return "I32";
     }
-    f->size = (size_t)st.st_size;
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        return errorf(err, "%s: mmap: %s", path, strerror(errno));
+    return "?";
+}
+
+/* Checks one header entry against the file and, when out is given, fills a
+ * view of it. Every way the header can lie ends here with the tensor named. */
+static int st_entry(const struct model_file *f, const char *name, const json_t *v,
+                    model_tensor *out, errbuf *err)
+{
+    if (!json_is_object(v))
+        return errorf(err, "%s: tensor '%s': header entry is not an object", f->path, name);
+    json_t *dt = json_object_get(v, "dtype");
+    json_t *shape = json_object_get(v, "shape");
+    json_t *offs = json_object_get(v, "data_offsets");
+    if (!json_is_string(dt))
+        return errorf(err, "%s: tensor '%s': missing or non-string 'dtype'", f->path, name);
+    int elem, model_dt;
+    if (st_dtype(json_string_value(dt), &elem, &model_dt))
+        return errorf(err, "%s: tensor '%s': unknown dtype '%s'", f->path, name,
+                      json_string_value(dt));
+    if (!json_is_array(shape))
+        return errorf(err, "%s: tensor '%s': missing or non-array 'shape'", f->path, name);
+    size_t n_dims = json_array_size(shape);
+    if (n_dims > 8)
+        return errorf(err, "%s: tensor '%s': %zu dimensions", f->path, name, n_dims);
+    uint64_t numel = 1;
+    int64_t dims[8];
+    for (size_t i = 0; i < n_dims; i++) {
+        json_t *d = json_array_get(shape, i);
+        if (!json_is_integer(d) || json_integer_value(d) < 0 || json_integer_value(d) > (1LL << 40))
+            return errorf(err, "%s: tensor '%s': shape[%zu] is not a valid size", f->path, name, i);
+        dims[i] = json_integer_value(d);
+        if (dims[i] && numel > (UINT64_MAX >> 8) / (uint64_t)dims[i])
+            return errorf(err, "%s: tensor '%s': shape is too large", f->path, name);
+        numel *= (uint64_t)dims[i];
     }
-    uint64_t hlen;
-    memcpy(&hlen, f->map, 8); /* little endian, as the format says */
-    if (hlen > f->size - 8 || hlen > ((uint64_t)100 << 20))
-        return errorf(err, "%s: header length %llu runs past the end of the file (%zu bytes)",
-                      path, (unsigned long long)hlen, f->size);
-    json_error_t je;
-    f->header = json_loadb((const char *)f->map + 8, (size_t)hlen, 0, &je);
-    if (!f->header || !json_is_object(f->header))
-        return errorf(err, "%s: bad safetensors header: %s", path, f->header ? "not an object" : je.text);
-    f->data_start = 8 + (size_t)hlen;
+    if (!json_is_array(offs) || json_array_size(offs) != 2 ||
+        !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1)))
+        return errorf(err, "%s: tensor '%s': 'data_offsets' must be [begin, end]", f->path, name);
+    json_int_t begin = json_integer_value(json_array_get(offs, 0));
+    json_int_t end = json_integer_value(json_array_get(offs, 1));
+    if (begin < 0 || end < begin)
+        return errorf(err, "%s: tensor '%s': bad data_offsets [%lld, %lld]", f->path, name,
+                      (long long)begin, (long long)end);
+    if ((uint64_t)end > f->data_size)
+        return errorf(err,
+                      "%s: tensor '%s': data_offsets [%lld, %lld] run past the end of the data "
+                      "(%zu bytes; truncated file?)",
+                      f->path, name, (long long)begin, (long long)end, f->data_size);
+    uint64_t n_bytes = numel * (uint64_t)elem;
+    if ((uint64_t)(end - begin) != n_bytes)
+        return errorf(err,
+                      "%s: tensor '%s': data_offsets give %lld bytes but dtype %s and the shape "
+                      "need %llu",
+                      f->path, name, (long long)(end - begin), json_string_value(dt),
+                      (unsigned long long)n_bytes);
+    if (!out)
+        return 0;
+    if (model_dt < 0)
+        return errorf(err, "%s: tensor '%s': dtype %s is not supported", f->path, name,
+                      json_string_value(dt));
+    if (n_dims > 4)
+        return errorf(err, "%s: tensor '%s': %zu dimensions", f->path, name, n_dims);
+    memset(out, 0, sizeof *out);
+    out->dtype = (enum model_dtype)model_dt;
+    out->n_dims = (int)n_dims;
+    for (size_t i = 0; i < n_dims; i++)
+        out->shape[i] = dims[i];
+    out->data = f->data + begin;
+    out->n_bytes = (size_t)n_bytes;
+    out->name = json_object_iter_key(json_object_iter_at((json_t *)f->header, name));
     return 0;
 }
 
-/* Finds tensor name in the files and checks it. shape: expected dims
- * (n_dims of them; -1 = any). Returns 0 found, 1 absent, -1 error. */
-static int find_tensor(model *m, const char *name, enum model_dtype want_dtype, int n_dims,
-                       const int64_t *shape, model_tensor *t, errbuf *err)
+static void file_unmap(struct model_file *f)
 {
-    memset(t, 0, sizeof *t);
-    for (int i = 0; i < m->n_files; i++) {
-        struct model_file *f = &m->files[i];
-        json_t *e = json_object_get(f->header, name);
-        if (!e)
-            continue;
-        const char *dt = json_string_value(json_object_get(e, "dtype"));
-        json_t *sh = json_object_get(e, "shape"), *off = json_object_get(e, "data_offsets");
-        if (!dt || !json_is_array(sh) || !json_is_array(off) || json_array_size(off) != 2)
-            return errorf(err, "%s: tensor %s: header entry needs dtype, shape, data_offsets",
-                          f->path, name);
-        enum model_dtype d;
-        if (!strcmp(dt, "F32"))
-            d = MODEL_F32;
-        else if (!strcmp(dt, "F16"))
-            d = MODEL_F16;
-        else if (!strcmp(dt, "BF16"))
-            d = MODEL_BF16;
-        else if (!strcmp(dt, "I32"))
-            d = MODEL_I32;
-        else
-            return errorf(err, "%s: tensor %s: dtype %s is not supported", f->path, name, dt);
-        int is_float = d != MODEL_I32;
-        if ((int)want_dtype == -1 ? !is_float : want_dtype != d)
-            return errorf(err, "%s: tensor %s has dtype %s, expected %s", f->path, name, dt,
-                          (int)want_dtype == -1 ? "F32, F16 or BF16"
-                          : want_dtype == MODEL_I32 ? "I32"
-                          : want_dtype == MODEL_F16 ? "F16" : "float");
-        if ((int)json_array_size(sh) != n_dims)
-            return errorf(err, "%s: tensor %s has %zu dimensions, expected %d", f->path, name,
-                          json_array_size(sh), n_dims);
-        uint64_t count = 1;
-        for (int k = 0; k < n_dims; k++) {
-            json_t *v = json_array_get(sh, (size_t)k);
-            if (!json_is_integer(v) || json_integer_value(v) < 0)
-                return errorf(err, "%s: tensor %s: bad shape", f->path, name);
-            t->shape[k] = json_integer_value(v);
-            if (shape[k] >= 0 && t->shape[k] != shape[k])
-                return errorf(err, "%s: tensor %s has shape[%d] = %lld, the config implies %lld",
-                              f->path, name, k, (long long)t->shape[k], (long long)shape[k]);
-            count *= (uint64_t)t->shape[k];
-        }
-        json_t *b = json_array_get(off, 0), *en = json_array_get(off, 1);
-        if (!json_is_integer(b) || !json_is_integer(en))
-            return errorf(err, "%s: tensor %s: bad data_offsets", f->path, name);
-        uint64_t begin = (uint64_t)json_integer_value(b), end = (uint64_t)json_integer_value(en);
-        if (end < begin || end > f->size - f->data_start)
-            return errorf(err,
-                          "%s: tensor %s: bytes %llu..%llu run past the end of the file (%zu data "
-                          "bytes; truncated file?)",
-                          f->path, name, (unsigned long long)begin, (unsigned long long)end,
-                          f->size - f->data_start);
-        if (end - begin != count * dtype_size(d))
-            return errorf(err, "%s: tensor %s: %llu bytes for %llu elements of %s", f->path, name,
-                          (unsigned long long)(end - begin), (unsigned long long)count, dt);
-        t->dtype = d;
-        t->n_dims = n_dims;
-        t->data = (const char *)f->map + f->data_start + begin;
-        t->n_bytes = (size_t)(end - begin);
-        t->name = json_object_iter_key(json_object_iter_at(f->header, name));
-        return 0;
+    if (f->map)
+        munmap(f->map, f->size);
+    json_decref(f->header);
+    free(f->path);
+    free(f->name);
+    memset(f, 0, sizeof *f);
+}
+
+static int file_map(struct model_file *f, const char *dir, const char *name, errbuf *err)
+{
+    memset(f, 0, sizeof *f);
+    strbuf sb = STRBUF_INIT;
+    sb_addf(&sb, "%s/%s", dir, name);
+    f->path = sb_detach(&sb, NULL);
+    f->name = strdup(name);
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errorf(err, "%s: %s", f->path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st)) {
+        int e = errno;
+        close(fd);
+        return errorf(err, "%s: %s", f->path, strerror(e));
     }
-    return 1;
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return errorf(err, "%s: not a regular file", f->path);
+    }
+    f->size = (size_t)st.st_size;
+    if (f->size < 8) {
+        close(fd);
+        return errorf(err, "%s: %zu bytes: too short for a safetensors file", f->path, f->size);
+    }
+    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (f->map == MAP_FAILED) {
+        f->map = NULL;
+        return errorf(err, "%s: mmap: %s", f->path, strerror(e));
+    }
+    const unsigned char *p = f->map;
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--)
+        header_len = header_len << 8 | p[i];
+    if (header_len > f->size - 8)
+        return errorf(err,
+                      "%s: header length %llu runs past the end of the file (%zu bytes; "
+                      "truncated or not a safetensors file?)",
+                      f->path, (unsigned long long)header_len, f->size);
+    json_error_t jerr;
+    f->header = json_loadb((const char *)p + 8, (size_t)header_len, 0, &jerr);
+    if (!f->header)
+        return errorf(err, "%s: header: column %d: %s", f->path, jerr.column, jerr.text);
+    if (!json_is_object(f->header))
+        return errorf(err, "%s: header is not a JSON object", f->path);
+    f->data = p + 8 + header_len;
+    f->data_size = f->size - 8 - (size_t)header_len;
+    const char *key;
+    json_t *v;
+    json_object_foreach(f->header, key, v)
+    {
+        if (!strcmp(key, "__metadata__"))
+            continue;
+        if (st_entry(f, key, v, NULL, err))
+            return -1;
+    }
+    return 0;
 }
 
-static int need_tensor(model *m, const char *name, enum model_dtype d, int n_dims,
-                       const int64_t *shape, model_tensor *t, errbuf *err)
+/* ---- model ----------------------------------------------------------------- */
+
+static int find_tensor(model *m, const char *name, model_tensor *out, errbuf *err)
 {
-    int rc = find_tensor(m, name, d, n_dims, shape, t, err);
-    if (rc == 1)
-        return errorf(err, "%s: tensor %s is missing", m->dir, name);
-    return rc;
+    struct model_priv *priv = m->priv;
+    if (priv->weight_map) {
+        json_t *fname = json_object_get(priv->weight_map, name);
+        if (!json_is_string(fname))
+            return errorf(err, "%s/model.safetensors.index.json: missing tensor '%s'", m->dir,
+                          name);
+        for (int i = 0; i < m->n_files; i++)
+            if (!strcmp(m->files[i].name, json_string_value(fname))) {
+                json_t *v = json_object_get(m->files[i].header, name);
+                if (!v)
+                    return errorf(err,
+                                  "%s: missing tensor '%s' (model.safetensors.index.json puts "
+                                  "it in this file)",
+                                  m->files[i].path, name);
+                return st_entry(&m->files[i], name, v, out, err);
+            }
+        return errorf(err, "%s/model.safetensors.index.json: tensor '%s': file '%s' not mapped",
+                      m->dir, name, json_string_value(fname));
+    }
+    for (int i = 0; i < m->n_files; i++) {
+        json_t *v = json_object_get(m->files[i].header, name);
+        if (v)
+            return st_entry(&m->files[i], name, v, out, err);
+    }
+    return errorf(err, "%s: missing tensor '%s'", m->n_files ? m->files[0].path : m->dir, name);
 }
 
-static int load_linear(model *m, const char *prefix, int64_t out, int64_t in, model_linear *l,
+static int has_tensor(model *m, const char *name)
+{
+    struct model_priv *priv = m->priv;
+    if (priv->weight_map)
+        return json_object_get(priv->weight_map, name) != NULL;
+    for (int i = 0; i < m->n_files; i++)
+        if (json_object_get(m->files[i].header, name))
+            return 1;
+    return 0;
+}
+
+static const char *tensor_file(model *m, const model_tensor *t)
+{
+    for (int i = 0; i < m->n_files; i++) {
+        const unsigned char *p = t->data;
+        if (p >= m->files[i].data && p <= m->files[i].data + m->files[i].data_size)
+            return m->files[i].path;
+    }
+    return m->dir;
+}
+
+static int expect_shape(model *m, const model_tensor *t, int n_dims, int64_t d0, int64_t d1,
+                        errbuf *err)
+{
+    int ok = t->n_dims == n_dims && t->shape[0] == d0 && (n_dims < 2 || t->shape[1] == d1);
+    if (ok)
+        return 0;
+    char got[96] = "", want[64];
+    size_t len = 0;
+    for (int i = 0; i < t->n_dims && len < sizeof got - 24; i++)
+        len += (size_t)snprintf(got + len, sizeof got - len, "%s%lld", i ? ", " : "",
+                                (long long)t->shape[i]);
+    if (n_dims == 1)
+        snprintf(want, sizeof want, "%lld", (long long)d0);
+    else
+        snprintf(want, sizeof want, "%lld, %lld", (long long)d0, (long long)d1);
+    return errorf(err, "%s: tensor '%s': shape [%s], but config.json implies [%s]",
+                  tensor_file(m, t), t->name, got, want);
+}
+
+static int expect_float(model *m, const model_tensor *t, errbuf *err)
+{
+    if (t->dtype == MODEL_F32 || t->dtype == MODEL_F16 || t->dtype == MODEL_BF16)
+        return 0;
+    return errorf(err, "%s: tensor '%s': dtype %s, expected F32, F16 or BF16", tensor_file(m, t),
+                  t->name, dtype_name(t->dtype));
+}
+
+static int load_vector(model *m, const char *name, int64_t n, model_tensor *out, errbuf *err)
+{
+    if (find_tensor(m, name, out, err) || expect_float(m, out, err) ||
+        expect_shape(m, out, 1, n, 0, err))
+        return -1;
+    return 0;
+}
+
+static int load_linear(model *m, const char *prefix, int64_t out_f, int64_t in_f, model_linear *l,
                        errbuf *err)
 {
     char name[256];
     memset(l, 0, sizeof *l);
-    l->in_features = in;
-    l->out_features = out;
+    l->in_features = in_f;
+    l->out_features = out_f;
     snprintf(name, sizeof name, "%s.qweight", prefix);
-    if (m->cfg.is_awq) {
-        int g = m->cfg.awq_group_size;
-        if (in % g || out % 8)
-            return errorf(err, "%s: %s: in %lld must be a multiple of the group %d, out of 8",
-                          m->dir, prefix, (long long)in, g);
-        int64_t qs[2] = {in, out / 8}, zs[2] = {in / g, out / 8}, ss[2] = {in / g, out};
-        int rc = find_tensor(m, name, MODEL_I32, 2, qs, &l->qweight, err);
-        if (rc < 0)
+    if (!has_tensor(m, name)) {
+        snprintf(name, sizeof name, "%s.weight", prefix);
+        if (find_tensor(m, name, &l->weight, err) || expect_float(m, &l->weight, err) ||
+            expect_shape(m, &l->weight, 2, out_f, in_f, err))
             return -1;
-        if (rc == 0) {
-            l->is_awq = 1;
-            l->group_size = g;
-            snprintf(name, sizeof name, "%s.qzeros", prefix);
-            if (need_tensor(m, name, MODEL_I32, 2, zs, &l->qzeros, err))
-                return -1;
-            snprintf(name, sizeof name, "%s.scales", prefix);
-            if (need_tensor(m, name, MODEL_F16, 2, ss, &l->scales, err))
-                return -1;
-            return 0;
-        }
-        /* Not quantized (modules_to_not_convert): a dense weight. */
+        return 0;
     }
-    int64_t ws[2] = {out, in};
-    snprintf(name, sizeof name, "%s.weight", prefix);
-    return need_tensor(m, name, (enum model_dtype)-1, 2, ws, &l->weight, err);
+    if (!m->cfg.is_awq)
+        return errorf(err,
+                      "%s: tensor '%s' is quantized, but config.json has no quantization_config",
+                      m->dir, name);
+    int g = m->cfg.awq_group_size;
+    if (in_f % g || out_f % 8)
+        return errorf(err,
+                      "%s/config.json: layer '%s': AWQ needs in_features (%lld) divisible by "
+                      "group_size %d and out_features (%lld) by 8",
+                      m->dir, prefix, (long long)in_f, g, (long long)out_f);
+    l->is_awq = 1;
+    l->group_size = g;
+    if (find_tensor(m, name, &l->qweight, err))
+        return -1;
+    if (l->qweight.dtype != MODEL_I32)
+        return errorf(err, "%s: tensor '%s': dtype %s, expected I32", tensor_file(m, &l->qweight),
+                      name, dtype_name(l->qweight.dtype));
+    if (expect_shape(m, &l->qweight, 2, in_f, out_f / 8, err))
+        return -1;
+    snprintf(name, sizeof name, "%s.qzeros", prefix);
+    if (find_tensor(m, name, &l->qzeros, err))
+        return -1;
+    if (l->qzeros.dtype != MODEL_I32)
+        return errorf(err, "%s: tensor '%s': dtype %s, expected I32", tensor_file(m, &l->qzeros),
+                      name, dtype_name(l->qzeros.dtype));
+    if (expect_shape(m, &l->qzeros, 2, in_f / g, out_f / 8, err))
+        return -1;
+    snprintf(name, sizeof name, "%s.scales", prefix);
+    if (find_tensor(m, name, &l->scales, err))
+        return -1;
+    if (l->scales.dtype != MODEL_F16)
+        return errorf(err, "%s: tensor '%s': dtype %s, expected F16", tensor_file(m, &l->scales),
+                      name, dtype_name(l->scales.dtype));
+    if (expect_shape(m, &l->scales, 2, in_f / g, out_f, err))
+        return -1;
+    return 0;
 }
 
-static int load_files(model *m, errbuf *err)
+static int load_weights(model *m, errbuf *err)
 {
-    strbuf p = STRBUF_INIT;
-    sb_addf(&p, "%s/model.safetensors.index.json", m->dir);
-    json_error_t je;
-    json_t *idx = NULL;
-    if (access(p.buf, F_OK) == 0) {
-        idx = json_load_file(p.buf, 0, &je);
-        if (!idx) {
-            errorf(err, "%s:%d:%d: %s", p.buf, je.line, je.column, je.text);
-            sb_release(&p);
-            return -1;
-        }
+    const model_config *c = &m->cfg;
+    int64_t q_out = (int64_t)c->n_heads * c->head_dim;
+    int64_t kv_out = (int64_t)c->n_kv_heads * c->head_dim;
+    if (find_tensor(m, "model.embed_tokens.weight", &m->embed, err) ||
+        expect_float(m, &m->embed, err) ||
+        expect_shape(m, &m->embed, 2, c->vocab_size, c->hidden_size, err))
+        return -1;
+    if (load_vector(m, "model.norm.weight", c->hidden_size, &m->final_norm, err))
+        return -1;
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+    } else if (find_tensor(m, "lm_head.weight", &m->lm_head, err) ||
+               expect_float(m, &m->lm_head, err) ||
+               expect_shape(m, &m->lm_head, 2, c->vocab_size, c->hidden_size, err)) {
+        return -1;
     }
-    const char **names = NULL;
-    int n = 0;
-    if (idx) {
-        json_t *wm = json_object_get(idx, "weight_map");
-        if (!json_is_object(wm)) {
-            errorf(err, "%s: no weight_map", p.buf);
-            goto fail;
-        }
-        names = calloc(json_object_size(wm) + 1, sizeof *names);
-        const char *k;
-        json_t *v;
-        json_object_foreach(wm, k, v)
-        {
-            const char *fn = json_string_value(v);
-            if (!fn || strchr(fn, '/')) {
-                errorf(err, "%s: weight_map[%s] is not a file name", p.buf, k);
-                goto fail;
-            }
-            int seen = 0;
-            for (int i = 0; i < n; i++)
-                seen |= !strcmp(names[i], fn);
-            if (!seen)
-                names[n++] = fn;
-        }
-    } else {
-        names = calloc(1, sizeof *names);
-        names[n++] = "model.safetensors";
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers)
+        return errorf(err, "out of memory");
+    for (int i = 0; i < c->n_layers; i++) {
+        model_layer *L = &m->layers[i];
+        char p[128], name[192];
+        snprintf(p, sizeof p, "model.layers.%d", i);
+#define VEC(field, suffix, n)                                                                      \
+    snprintf(name, sizeof name, "%s.%s", p, suffix);                                               \
+    if (load_vector(m, name, n, &L->field, err))                                                   \
+        return -1;
+#define LIN(field, suffix, out_f, in_f)                                                            \
+    snprintf(name, sizeof name, "%s.%s", p, suffix);                                               \
+    if (load_linear(m, name, out_f, in_f, &L->field, err))                                         \
+        return -1;
+        VEC(attn_norm, "input_layernorm.weight", c->hidden_size)
+        VEC(mlp_norm, "post_attention_layernorm.weight", c->hidden_size)
+        VEC(q_norm, "self_attn.q_norm.weight", c->head_dim)
+        VEC(k_norm, "self_attn.k_norm.weight", c->head_dim)
+        LIN(q, "self_attn.q_proj", q_out, c->hidden_size)
+        LIN(k, "self_attn.k_proj", kv_out, c->hidden_size)
+        LIN(v, "self_attn.v_proj", kv_out, c->hidden_size)
+        LIN(o, "self_attn.o_proj", c->hidden_size, q_out)
+        LIN(gate, "mlp.gate_proj", c->intermediate_size, c->hidden_size)
+        LIN(up, "mlp.up_proj", c->intermediate_size, c->hidden_size)
+        LIN(down, "mlp.down_proj", c->hidden_size, c->intermediate_size)
+#undef VEC
+#undef LIN
     }
-    m->files = calloc((size_t)n, sizeof *m->files);
-    for (int i = 0; i < n; i++) {
-        sb_reset(&p);
-        sb_addf(&p, "%s/%s", m->dir, names[i]);
-        m->n_files++;
-        if (map_file(&m->files[i], p.buf, err))
-            goto fail;
-    }
-    free(names);
-    json_decref(idx);
-    sb_release(&p);
     return 0;
-fail:
-    free(names);
-    json_decref(idx);
-    sb_release(&p);
-    return -1;
+}
+
+/* Maps the shards named by the index, each once, in the order they appear. */
+static int map_sharded(model *m, const char *index_path, errbuf *err)
+{
+    struct model_priv *priv = m->priv;
+    json_error_t jerr;
+    json_t *index = json_load_file(index_path, 0, &jerr);
+    if (!index)
+        return errorf(err, "%s: line %d, column %d: %s", index_path, jerr.line, jerr.column,
+                      jerr.text);
+    json_t *wm = json_object_get(index, "weight_map");
+    if (!json_is_object(wm) || json_object_size(wm) == 0) {
+        json_decref(index);
+        return errorf(err, "%s: missing or empty 'weight_map'", index_path);
+    }
+    priv->weight_map = json_incref(wm);
+    json_decref(index);
+    const char *key;
+    json_t *v;
+    json_object_foreach(wm, key, v)
+    {
+        if (!json_is_string(v))
+            return errorf(err, "%s: weight_map['%s'] is not a file name", index_path, key);
+        const char *fname = json_string_value(v);
+        /* the index must not reach outside the folder */
+        if (!*fname || strchr(fname, '/') || !strcmp(fname, ".") || !strcmp(fname, ".."))
+            return errorf(err, "%s: weight_map['%s']: bad file name '%s'", index_path, key, fname);
+        int seen = 0;
+        for (int i = 0; i < m->n_files && !seen; i++)
+            seen = !strcmp(m->files[i].name, fname);
+        if (seen)
+            continue;
+        struct model_file *files = realloc(m->files, (size_t)(m->n_files + 1) * sizeof *files);
+        if (!files)
+            return errorf(err, "out of memory");
+        m->files = files;
+        if (file_map(&m->files[m->n_files++], m->dir, fname, err))
+            return -1;
+    }
+    return 0;
 }
 
 int model_open(model *m, const char *dir, errbuf *err)
 {
     memset(m, 0, sizeof *m);
     m->dir = strdup(dir);
-    strbuf p = STRBUF_INIT, text = STRBUF_INIT;
-    sb_addf(&p, "%s/config.json", dir);
-    if (sb_read_file(&text, p.buf)) {
-        errorf(err, "%s: %s", p.buf, strerror(errno));
-        goto fail;
+    m->priv = calloc(1, sizeof(struct model_priv));
+    if (!m->dir || !m->priv) {
+        model_close(m);
+        return errorf(err, "out of memory");
     }
-    if (model_config_parse(&m->cfg, text.buf, p.buf, err) || load_files(m, err))
-        goto fail;
-    const model_config *c = &m->cfg;
-    int64_t H = c->hidden_size, D = c->head_dim, V = c->vocab_size, I = c->intermediate_size;
-    int64_t emb[2] = {V, H}, vec[1] = {H}, hd[1] = {D};
-    enum model_dtype anyf = (enum model_dtype)-1;
-    if (need_tensor(m, "model.embed_tokens.weight", anyf, 2, emb, &m->embed, err) ||
-        need_tensor(m, "model.norm.weight", anyf, 1, vec, &m->final_norm, err))
-        goto fail;
-    if (c->tie_word_embeddings) {
-        m->lm_head = m->embed;
-    } else if (need_tensor(m, "lm_head.weight", anyf, 2, emb, &m->lm_head, err)) {
-        goto fail;
+    strbuf path = STRBUF_INIT;
+    int rc = -1;
+
+    sb_addf(&path, "%s/config.json", dir);
+    json_error_t jerr;
+    json_t *root = json_load_file(path.buf, 0, &jerr);
+    if (!root) {
+        if (jerr.line < 1)
+            errorf(err, "%s: %s", path.buf, jerr.text);
+        else
+            errorf(err, "%s: line %d, column %d: %s", path.buf, jerr.line, jerr.column, jerr.text);
+        goto out;
     }
-    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    for (int l = 0; l < c->n_layers; l++) {
-        model_layer *L = &m->layers[l];
-        char n[256], pre[128];
-        snprintf(pre, sizeof pre, "model.layers.%d", l);
-#define NORM(field, sub, shp)                                                                      \
-    snprintf(n, sizeof n, "%s.%s.weight", pre, sub);                                               \
-    if (need_tensor(m, n, anyf, 1, shp, &L->field, err))                                           \
-        goto fail;
-        NORM(attn_norm, "input_layernorm", vec);
-        NORM(mlp_norm, "post_attention_layernorm", vec);
-        NORM(q_norm, "self_attn.q_norm", hd);
-        NORM(k_norm, "self_attn.k_norm", hd);
-#undef NORM
-#define LIN(field, sub, out, in)                                                                   \
-    snprintf(n, sizeof n, "%s.%s", pre, sub);                                                      \
-    if (load_linear(m, n, out, in, &L->field, err))                                                \
-        goto fail;
-        LIN(q, "self_attn.q_proj", c->n_heads * D, H);
-        LIN(k, "self_attn.k_proj", c->n_kv_heads * D, H);
-        LIN(v, "self_attn.v_proj", c->n_kv_heads * D, H);
-        LIN(o, "self_attn.o_proj", H, c->n_heads * D);
-        LIN(gate, "mlp.gate_proj", I, H);
-        LIN(up, "mlp.up_proj", I, H);
-        LIN(down, "mlp.down_proj", H, I);
-#undef LIN
+    int dtype_given;
+    rc = config_from_json(&m->cfg, root, path.buf, &dtype_given, err);
+    json_decref(root);
+    if (rc)
+        goto out;
+    rc = -1;
+
+    struct stat st;
+    sb_reset(&path);
+    sb_addf(&path, "%s/model.safetensors.index.json", dir);
+    if (stat(path.buf, &st) == 0) {
+        if (map_sharded(m, path.buf, err))
+            goto out;
+    } else {
+        sb_reset(&path);
+        sb_addf(&path, "%s/model.safetensors", dir);
+        if (stat(path.buf, &st) != 0) {
+            errorf(err, "%s: no model.safetensors or model.safetensors.index.json", dir);
+            goto out;
+        }
+        m->files = calloc(1, sizeof *m->files);
+        if (!m->files) {
+            errorf(err, "out of memory");
+            goto out;
+        }
+        m->n_files = 1;
+        if (file_map(&m->files[0], dir, "model.safetensors", err))
+            goto out;
     }
-    sb_release(&p);
-    sb_release(&text);
-    return 0;
-fail:
-    sb_release(&p);
-    sb_release(&text);
-    model_close(m);
-    return -1;
+    if (load_weights(m, err))
+        goto out;
+    if (!dtype_given)
+        m->cfg.dtype = m->embed.dtype;
+    rc = 0;
+out:
+    sb_release(&path);
+    if (rc)
+        model_close(m);
+    return rc;
 }
 
 void model_close(model *m)
 {
-    for (int i = 0; i < m->n_files; i++) {
-        struct model_file *f = &m->files[i];
-        if (f->map)
-            munmap(f->map, f->size);
-        json_decref(f->header);
-        free(f->path);
-    }
+    for (int i = 0; i < m->n_files; i++)
+        file_unmap(&m->files[i]);
     free(m->files);
     free(m->layers);
     free(m->dir);
+    struct model_priv *priv = m->priv;
+    if (priv) {
+        json_decref(priv->weight_map);
+        free(priv);
+    }
     memset(m, 0, sizeof *m);
 }
 
-/* ---- conversions for the CPU engine ---- */
+/* ---- conversion ------------------------------------------------------------ */
 
 void model_tensor_to_f32(const model_tensor *t, int64_t first, int64_t n, float *out)
 {
+    const unsigned char *p = t->data;
+    /* memcpy per element: safetensors does not promise aligned offsets */
     switch (t->dtype) {
     case MODEL_F32:
-        memcpy(out, (const float *)t->data + first, sizeof(float) * (size_t)n);
+        memcpy(out, p + first * 4, (size_t)n * 4);
         break;
-    case MODEL_F16: {
-        const uint16_t *s = (const uint16_t *)t->data + first;
-        for (int64_t i = 0; i < n; i++)
-            out[i] = model_f16_to_f32(s[i]);
+    case MODEL_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + (first + i) * 2, 2);
+            out[i] = model_f16_to_f32(h);
+        }
         break;
-    }
-    case MODEL_BF16: {
-        const uint16_t *s = (const uint16_t *)t->data + first;
-        for (int64_t i = 0; i < n; i++)
-            out[i] = model_bf16_to_f32(s[i]);
+    case MODEL_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + (first + i) * 2, 2);
+            out[i] = model_bf16_to_f32(h);
+        }
         break;
-    }
     case MODEL_I32:
-        for (int64_t i = 0; i < n; i++)
-            out[i] = (float)((const int32_t *)t->data)[first + i];
+        for (int64_t i = 0; i < n; i++) {
+            int32_t v;
+            memcpy(&v, p + (first + i) * 4, 4);
+            out[i] = (float)v;
+        }
         break;
     }
+}
+
+static uint32_t load_u32(const unsigned char *p, int64_t index)
+{
+    uint32_t v;
+    memcpy(&v, p + index * 4, 4);
+    return v;
 }
 
 void model_linear_to_f32(const model_linear *l, float *out)
 {
-    int64_t in = l->in_features, outf = l->out_features;
+    int64_t in_f = l->in_features, out_f = l->out_features;
     if (!l->is_awq) {
-        model_tensor_to_f32(&l->weight, 0, in * outf, out);
+        model_tensor_to_f32(&l->weight, 0, in_f * out_f, out);
         return;
     }
-    const int32_t *qw = l->qweight.data, *qz = l->qzeros.data;
-    const uint16_t *sc = l->scales.data;
-    int64_t words = outf / 8;
-    for (int64_t k = 0; k < in; k++) {
+    const unsigned char *qw = l->qweight.data, *qz = l->qzeros.data, *sc = l->scales.data;
+    int64_t words = out_f / 8;
+    for (int64_t k = 0; k < in_f; k++) {
         int64_t g = k / l->group_size;
         for (int64_t c = 0; c < words; c++) {
-            uint32_t w = (uint32_t)qw[k * words + c], z = (uint32_t)qz[g * words + c];
+            uint32_t wq = load_u32(qw, k * words + c);
+            uint32_t wz = load_u32(qz, g * words + c);
             for (int i = 0; i < 8; i++) {
-                int64_t col = 8 * c + model_awq_order[i];
-                int q = (int)((w >> (4 * i)) & 15), zp = (int)((z >> (4 * i)) & 15);
-                out[col * in + k] = (float)(q - zp) * model_f16_to_f32(sc[g * outf + col]);
+                int64_t n = 8 * c + model_awq_order[i];
+                int q = (int)(wq >> (4 * i)) & 15;
+                int z = (int)(wz >> (4 * i)) & 15;
+                uint16_t s;
+                memcpy(&s, sc + (g * out_f + n) * 2, 2);
+                out[n * in_f + k] = (float)(q - z) * model_f16_to_f32(s);
             }
         }
     }

@@ -71,11 +71,20 @@ typedef struct model_config {
     double rope_theta;
     int max_position_embeddings;
     int tie_word_embeddings;
-    /* rope_scaling: yarn or none. */
+    /* rope_scaling (or transformers-5 rope_parameters): yarn or none. The
+     * factor is the config's, as transformers 5.17 uses it (it only warns
+     * when factor != max_position_embeddings / original); the ratio only
+     * stands in when the config gives no factor. */
     int rope_yarn;
     double yarn_factor;
     int yarn_original_max_position;
     double yarn_beta_fast, yarn_beta_slow;
+    /* YaRN extras from the config; 0 means HF's default (zero-initialised
+     * configs stay valid): attention_factor (default 0.1 * ln(factor) + 1, or
+     * mscale/mscale_all_dim when the config gives both), truncate (default
+     * true: correction range floored/ceiled). */
+    double yarn_attention_factor;
+    int yarn_no_truncate;
     enum model_dtype dtype; /* torch_dtype */
     int is_awq;
     int awq_group_size;
@@ -115,7 +124,9 @@ void model_linear_to_f32(const model_linear *l, float *out);
 
 /* RoPE tables shared by both engines so YaRN is computed in one place:
  * inv_freq[head_dim/2] and the attention scaling applied to cos and sin
- * (1.0 without YaRN; 0.1 * ln(factor) + 1 with it). */
+ * (1.0 without YaRN; 0.1 * ln(factor) + 1 with it unless the config gives
+ * attention_factor). Matches transformers 5.17's _compute_default_rope_parameters
+ * and _compute_yarn_parameters (tests/fixtures/ref/models/rope_probes.json). */
 void model_rope_inv_freq(const model_config *cfg, float *inv_freq, float *attn_factor);
 
 /* fp16/bf16 <-> fp32, round to nearest even. */

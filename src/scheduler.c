@@ -99,9 +99,10 @@ static int finish(struct sched *s, struct slot *sl, enum sched_finish why, const
         .error = error,
     };
     s->st->docs_done++;
-    sched_doc doc = sl->doc;
+    /* The result borrows the slot's ids: report first, then free the slot. */
+    int rc = s->src->done(s->src->ctx, &sl->doc, &r, err);
     slot_clear(s, sl);
-    return s->src->done(s->src->ctx, &doc, &r, err);
+    return rc;
 }
 
 static int fetch(struct sched *s, errbuf *err)

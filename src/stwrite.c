@@ -1,98 +1,142 @@
-/*
- * stwrite.c - see stwrite.h.
- */
+/* stwrite.c - see stwrite.h. */
 #include "stwrite.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "strbuf.h"
 
-struct st_entry {
-    char *name;
-    enum model_dtype dtype;
-    int n_dims;
-    int64_t shape[4];
-    void *data;
-    size_t n_bytes;
-};
-
-void st_init(st_writer *w) { memset(w, 0, sizeof *w); }
-
-void st_free(st_writer *w)
+void stw_init(stwriter *w)
 {
-    for (int i = 0; i < w->n; i++) {
-        free(w->entries[i].name);
-        free(w->entries[i].data);
-    }
-    free(w->entries);
     memset(w, 0, sizeof *w);
 }
 
-int st_add(st_writer *w, const char *name, enum model_dtype dtype, int n_dims,
-           const int64_t *shape, const void *data, size_t n_bytes, errbuf *err)
+void stw_free(stwriter *w)
 {
-    size_t count = 1;
-    for (int i = 0; i < n_dims; i++)
-        count *= (size_t)shape[i];
-    size_t es = dtype == MODEL_F32 || dtype == MODEL_I32 ? 4 : 2;
-    if (n_dims > 4 || count * es != n_bytes)
-        return errorf(err, "tensor %s: %zu bytes do not match its shape", name, n_bytes);
-    if (w->n == w->cap) {
-        int cap = w->cap ? w->cap * 2 : 32;
-        struct st_entry *p = realloc(w->entries, sizeof *p * (size_t)cap);
-        if (!p)
-            return errorf(err, "out of memory");
-        w->entries = p;
-        w->cap = cap;
+    for (int i = 0; i < w->n_tensors; i++) {
+        free(w->tensors[i].name);
+        free(w->tensors[i].data);
     }
-    struct st_entry *e = &w->entries[w->n];
-    e->name = strdup(name);
-    e->data = malloc(n_bytes ? n_bytes : 1);
-    if (!e->name || !e->data) {
-        free(e->name);
-        free(e->data);
-        return errorf(err, "out of memory");
-    }
-    memcpy(e->data, data, n_bytes);
-    e->dtype = dtype;
-    e->n_dims = n_dims;
-    memcpy(e->shape, shape, sizeof(int64_t) * (size_t)n_dims);
-    e->n_bytes = n_bytes;
-    w->n++;
-    return 0;
+    free(w->tensors);
+    memset(w, 0, sizeof *w);
 }
 
-int st_write_file(const st_writer *w, const char *path, errbuf *err)
+size_t stw_dtype_size(enum model_dtype dtype)
 {
-    static const char *names[] = {"F32", "F16", "BF16", "I32"};
-    strbuf h = STRBUF_INIT;
-    sb_addc(&h, '{');
-    size_t off = 0;
-    for (int i = 0; i < w->n; i++) {
-        const struct st_entry *e = &w->entries[i];
-        sb_addf(&h, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", e->name,
-                names[e->dtype]);
-        for (int k = 0; k < e->n_dims; k++)
-            sb_addf(&h, "%s%lld", k ? "," : "", (long long)e->shape[k]);
-        sb_addf(&h, "],\"data_offsets\":[%zu,%zu]}", off, off + e->n_bytes);
-        off += e->n_bytes;
+    return dtype == MODEL_F16 || dtype == MODEL_BF16 ? 2 : 4;
+}
+
+const char *stw_dtype_name(enum model_dtype dtype)
+{
+    switch (dtype) {
+    case MODEL_F32:
+        return "F32";
+    case MODEL_F16:
+        return "F16";
+    case MODEL_BF16:
+        return "BF16";
+    case MODEL_I32:
+        return "I32";
     }
-    sb_addc(&h, '}');
-    while (h.len % 8)
-        sb_addc(&h, ' ');
+    return "?";
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fputs("stwrite: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+void stw_add(stwriter *w, const char *name, enum model_dtype dtype, int n_dims,
+             const int64_t *shape, const void *data)
+{
+    size_t numel = 1;
+    for (int i = 0; i < n_dims; i++)
+        numel *= (size_t)shape[i];
+    size_t n_bytes = numel * stw_dtype_size(dtype);
+    void *copy = xmalloc(n_bytes);
+    memcpy(copy, data, n_bytes);
+    stw_add_owned(w, name, dtype, n_dims, shape, copy);
+}
+
+void stw_add_owned(stwriter *w, const char *name, enum model_dtype dtype, int n_dims,
+                   const int64_t *shape, void *data)
+{
+    if (w->n_tensors == w->alloc) {
+        w->alloc = w->alloc ? 2 * w->alloc : 16;
+        stw_tensor *t = realloc(w->tensors, (size_t)w->alloc * sizeof *t);
+        if (!t) {
+            fputs("stwrite: out of memory\n", stderr);
+            abort();
+        }
+        w->tensors = t;
+    }
+    stw_tensor *t = &w->tensors[w->n_tensors++];
+    memset(t, 0, sizeof *t);
+    t->name = strdup(name);
+    t->dtype = dtype;
+    t->n_dims = n_dims;
+    size_t numel = 1;
+    for (int i = 0; i < n_dims; i++) {
+        t->shape[i] = shape[i];
+        numel *= (size_t)shape[i];
+    }
+    t->n_bytes = numel * stw_dtype_size(dtype);
+    t->data = data;
+}
+
+int stw_write(const stwriter *w, const char *path, errbuf *err)
+{
+    json_t *header = json_object();
+    size_t offset = 0;
+    for (int i = 0; i < w->n_tensors; i++) {
+        const stw_tensor *t = &w->tensors[i];
+        json_t *shape = json_array();
+        for (int d = 0; d < t->n_dims; d++)
+            json_array_append_new(shape, json_integer(t->shape[d]));
+        json_t *entry =
+            json_pack("{s:s, s:o, s:[I, I]}", "dtype", stw_dtype_name(t->dtype), "shape", shape,
+                      "data_offsets", (json_int_t)offset, (json_int_t)(offset + t->n_bytes));
+        json_object_set_new(header, t->name, entry);
+        offset += t->n_bytes;
+    }
+    json_object_set_new(header, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    char *text = json_dumps(header, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(header);
+    if (!text)
+        return errorf(err, "%s: could not build the header", path);
+    strbuf hb = STRBUF_INIT;
+    sb_adds(&hb, text);
+    free(text);
+    /* pad so the data section, and with it every tensor, starts 8-aligned */
+    while ((8 + hb.len) % 8)
+        sb_addc(&hb, ' ');
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)((uint64_t)hb.len >> (8 * i));
+
     FILE *f = fopen(path, "wb");
     if (!f) {
-        sb_release(&h);
+        sb_release(&hb);
         return errorf(err, "%s: %s", path, strerror(errno));
     }
-    uint64_t n = h.len; /* little endian on every machine we build for */
-    int ok = fwrite(&n, 8, 1, f) == 1 && fwrite(h.buf, 1, h.len, f) == h.len;
-    for (int i = 0; ok && i < w->n; i++)
-        ok = fwrite(w->entries[i].data, 1, w->entries[i].n_bytes, f) == w->entries[i].n_bytes;
-    ok = (fclose(f) == 0) && ok;
-    sb_release(&h);
-    return ok ? 0 : errorf(err, "%s: write failed: %s", path, strerror(errno));
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(hb.buf, 1, hb.len, f) == hb.len;
+    for (int i = 0; ok && i < w->n_tensors; i++)
+        ok = fwrite(w->tensors[i].data, 1, w->tensors[i].n_bytes, f) == w->tensors[i].n_bytes;
+    int e = errno;
+    sb_release(&hb);
+    if (fclose(f) != 0 && ok) {
+        e = errno;
+        ok = 0;
+    }
+    if (!ok)
+        return errorf(err, "%s: write failed: %s", path, strerror(e));
+    return 0;
 }

@@ -14,14 +14,15 @@ if [ ! -f "$DEMO/config.json" ]; then
 fi
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# write_job FILE INPUT [EXTRA YAML LINES...]: a small non-thinking job on the
-# demo model, CPU backend, short outputs so the tests stay fast.
+# write_job FILE INPUT_LINE...: a small non-thinking job on the demo model,
+# CPU backend, short outputs so the tests stay fast. Each INPUT_LINE is a
+# YAML list entry under inputs:, e.g. "  - path: docs.jsonl".
 write_job() {
-    f=$1; input=$2; shift 2
+    f=$1; shift
     {
         echo "model: $DEMO"
         echo "inputs:"
-        echo "  - $input"
+        for l in "$@"; do echo "$l"; done
         echo "prompt:"
         echo "  system: You summarize documents."
         echo "  user: \"Summarize:\\n\\n{{text}}\""
@@ -33,7 +34,6 @@ write_job() {
         echo "  backend: cpu"
         echo "  threads: 2"
         echo "  progress: json"
-        for l in "$@"; do echo "$l"; done
     } >"$f"
 }
 
