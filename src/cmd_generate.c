@@ -22,12 +22,10 @@ static void generate_usage(void)
            "                            [--no-thinking]]) [options]\n\n"
            "Generates a continuation of one prompt and prints one line of JSON:\n"
            "  {\"ids\": [...], \"text\": \"...\", \"finish_reason\": \"stop\"|\"length\",\n"
-           "   \"prompt_tokens\", \"completion_tokens\", \"seconds\", \"prefill_seconds\",\n"
-           "   \"decode_seconds\", \"load_seconds\", \"backend\"}\n"
+           "   \"prompt_tokens\", \"completion_tokens\", \"seconds\", \"backend\"}\n"
            "ids and text are the completion without the end-of-sequence token; text is\n"
            "null when no tokenizer could be read (--ids with a folder without one).\n"
-           "seconds is the time in the engine (prefill + decode), load_seconds the time\n"
-           "to prepare the weights.\n\n"
+           "seconds is the time in the engine (prefill and decode, not loading).\n\n"
            "  --ids LIST            prompt token ids, comma separated\n"
            "  --prompt TEXT         prompt text, tokenized as is (no chat template)\n"
            "  --chat                render TEXT as a user message with the Qwen3 chat\n"
@@ -196,7 +194,7 @@ int cmd_generate(int argc, char **argv)
     int32_t *out = malloc(sizeof *out * (size_t)max_new);
     const char *finish = "length";
     eng *e = NULL;
-    double t_load = cmdu_now(), t_prefill = 0, t_decode = 0;
+    double t_prefill = 0, t_decode = 0;
     if (rc == EXIT_USAGE)
         goto out;
     if (!out) {
@@ -205,7 +203,6 @@ int cmd_generate(int argc, char **argv)
     }
     if (eng_open(&e, &m, &eo, &err) || eng_seq_add(e, &sp, &seq, &err))
         goto out;
-    t_load = cmdu_now() - t_load;
 
     /* Prefill in chunks the engine is sized for; the last one samples. */
     double t0 = cmdu_now();
@@ -255,9 +252,6 @@ int cmd_generate(int argc, char **argv)
     json_object_set_new(res, "prompt_tokens", json_integer(n));
     json_object_set_new(res, "completion_tokens", json_integer(n_out));
     json_object_set_new(res, "seconds", json_real(t_prefill + t_decode));
-    json_object_set_new(res, "prefill_seconds", json_real(t_prefill));
-    json_object_set_new(res, "decode_seconds", json_real(t_decode));
-    json_object_set_new(res, "load_seconds", json_real(t_load));
     json_object_set_new(res, "backend", json_string(e->backend_name));
     char *s = json_dumps(res, JSON_COMPACT);
     json_decref(res);

@@ -128,7 +128,7 @@ int cmd_score(int argc, char **argv)
     json_object_set_new(res, "backend", json_string(e->backend_name));
     json_object_set_new(res, "argmax", argmax);
     json_object_set_new(res, "seconds", json_real(seconds));
-    char *text = json_dumps(res, JSON_COMPACT);
+    char *text = json_dumps(res, 0); /* one line, ", " and ": " separators */
     json_decref(res);
     if (!text) {
         errorf(&err, "out of memory");

@@ -6,13 +6,13 @@
 REF=$top_srcdir/tests/fixtures/ref/models
 
 # first_list FILE KEY: the first JSON array of integers under KEY, as 1,2,3
-first_list() { grep -o "\"$2\": *\[[^]]*\]" "$1" | head -n 1 | sed 's/.*\[//; s/\]//; s/ //g'; }
-json_value() { grep -o "\"$2\": *[^,}]*" "$1" | head -n 1 | sed 's/^[^:]*: *//'; }
+first_list() { tr -d ' \n' <"$1" | grep -o "\"$2\":\[[^]]*\]" | head -n 1 | sed 's/.*\[//; s/\]//'; }
+json_value() { tr -d ' \n' <"$1" | grep -o "\"$2\":[^,}]*" | head -n 1 | sed 's/^[^:]*://'; }
 
 $Q score --help | grep -q 'usage: qwen3-batch score' || fail "score --help"
 $Q generate --help | grep -q 'usage: qwen3-batch generate' || fail "generate --help"
 
-for name in bf16_untied bf16_tied_gqa8 awq; do
+for name in bf16_untied_gqa bf16_tied_gqa8 awq_g128 yarn; do
     dir=$REF/$name
     ids=$(first_list "$dir/reference.json" ids)
     greedy=$(first_list "$dir/reference.json" greedy)
@@ -55,7 +55,7 @@ done
 
 # Stopping: the same model with its second greedy token made the end of
 # sequence stops after one token, unless --ignore-eos.
-dir=$REF/bf16_untied
+dir=$REF/bf16_untied_gqa
 ids=$(first_list "$dir/reference.json" ids)
 greedy=$(first_list "$dir/reference.json" greedy)
 eos_id=$(echo "$greedy" | cut -d, -f2)
@@ -106,7 +106,9 @@ expect() {
     [ -s "$SCRATCH/err" ] || fail "no message: $*"
 }
 expect 2 $Q score --model "$dir" --ids 1,,2 --logits-out "$SCRATCH/x"
-expect 2 $Q score --model "$dir" --ids 1,600 --logits-out "$SCRATCH/x"
+vocab=$(json_value "$dir/reference.json" vocab)
+expect 2 $Q score --model "$dir" --ids "1,$vocab" --logits-out "$SCRATCH/x"
+expect 2 $Q generate --model "$dir" --ids "$vocab"
 expect 2 $Q score --model "$dir" --ids 1,2
 expect 2 $Q score --model "$dir" --ids 1,2 --logits-out "$SCRATCH/x" --backend tpu
 expect 2 $Q generate --model "$dir" --ids 1,2 --temperature warm

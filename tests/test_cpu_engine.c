@@ -420,7 +420,7 @@ static void check_errors(const model *m)
 
 int main(void)
 {
-    const char *names[] = {"bf16_untied", "bf16_tied_gqa8"};
+    const char *names[] = {"bf16_untied_gqa", "bf16_tied_gqa8"};
     for (size_t mi = 0; mi < sizeof names / sizeof names[0]; mi++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/ref/models/%s", srcdir(), names[mi]);

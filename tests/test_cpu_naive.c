@@ -41,27 +41,23 @@ static float rnd(float scale)
 }
 
 /* A [rows][cols] matrix of uniform values in [-scale, scale]. */
-static float *tensor(st_writer *w, const char *name, int64_t rows, int64_t cols, float scale)
+static float *tensor(stwriter *w, const char *name, int64_t rows, int64_t cols, float scale)
 {
     int64_t n = rows * cols;
     float *d = malloc(sizeof *d * (size_t)n);
     for (int64_t i = 0; i < n; i++)
         d[i] = rnd(scale);
     int64_t shape[2] = {rows, cols};
-    errbuf err;
-    CHECK_MSG(st_add(w, name, MODEL_F32, 2, shape, d, sizeof *d * (size_t)n, &err) == 0, "%s",
-              err.msg);
+    stw_add(w, name, MODEL_F32, 2, shape, d);
     return d;
 }
 
-static float *vec(st_writer *w, const char *name, int64_t n)
+static float *vec(stwriter *w, const char *name, int64_t n)
 {
     float *d = malloc(sizeof *d * (size_t)n);
     for (int64_t i = 0; i < n; i++)
         d[i] = 1 + rnd(0.2f);
-    errbuf err;
-    CHECK_MSG(st_add(w, name, MODEL_F32, 1, &n, d, sizeof *d * (size_t)n, &err) == 0, "%s",
-              err.msg);
+    stw_add(w, name, MODEL_F32, 1, &n, d);
     return d;
 }
 
@@ -83,8 +79,8 @@ static void write_model(const char *dir, const struct shape *s, struct weights *
                       "\"original_max_position_embeddings\": 16}"
                     : "null");
     fclose(f);
-    st_writer w;
-    st_init(&w);
+    stwriter w;
+    stw_init(&w);
     int H = s->hidden, D = s->head_dim, Q = s->heads * D, KV = s->kv_heads * D;
     wt->embed = tensor(&w, "model.embed_tokens.weight", s->vocab, H, 1.0f);
     wt->final_norm = vec(&w, "model.norm.weight", H);
@@ -106,8 +102,8 @@ static void write_model(const char *dir, const struct shape *s, struct weights *
     }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     errbuf err;
-    CHECK_MSG(st_write_file(&w, path, &err) == 0, "%s", err.msg);
-    st_free(&w);
+    CHECK_MSG(stw_write(&w, path, &err) == 0, "%s", err.msg);
+    stw_free(&w);
 }
 
 /* ---- the reference, in double ---- */
