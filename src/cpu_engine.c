@@ -7,10 +7,17 @@
  * each layer together, so the weights are read once per step; attention then
  * looks up each row's own sequence in its KV cache.
  *
- * Every output element is a dot product summed in one fixed order whatever
- * the batch or the thread count, so a sequence gets bit-identical logits
- * alone or in any batch: the scheduler's batching can never change a
- * document's text.
+ * Every number is summed in one fixed order whatever the batch, the prefill
+ * chunking or the thread count (linear layers: over the input in order, one
+ * accumulator per output; attention: per row and head over the positions),
+ * so a sequence gets bit-identical logits alone or in any batch: the
+ * scheduler's batching can never change a document's text.
+ *
+ * Threads: a small persistent pool runs each operation as a parallel-for
+ * (linear layers split over output panels, attention over (row, head)
+ * pairs); the calling thread is worker 0. Memory: weights in fp32 panels
+ * (see matmul), each sequence's K and V in fp32 rows that grow by doubling,
+ * activations grown to the largest step; nothing is allocated per layer.
  */
 #include "engine.h"
 
@@ -173,6 +180,9 @@ static void pool_free(struct pool *p)
         pthread_join(p->workers[i].thread, NULL);
     free(p->workers);
     p->workers = NULL;
+    pthread_cond_destroy(&p->start);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->mu);
 }
 
 /* ---- operations ---- */
@@ -435,9 +445,11 @@ static int seq_reserve(cpu_engine *e, struct cpu_seq *s, int more, errbuf *err)
                       (long long)e->kv_used, (long long)e->kv_cap, more);
     if (need <= s->cap)
         return 0;
-    int cap = s->cap ? s->cap : 64;
+    int64_t cap = s->cap ? s->cap : 64;
     while (cap < need)
         cap *= 2;
+    if (cap > e->kv_cap)
+        cap = need > e->kv_cap ? need : e->kv_cap; /* no sequence outgrows the cache */
     size_t kv_dim = (size_t)e->c.n_kv_heads * e->c.head_dim, L = (size_t)e->c.n_layers;
     float *k = malloc(sizeof *k * L * (size_t)cap * kv_dim);
     float *v = malloc(sizeof *v * L * (size_t)cap * kv_dim);
@@ -454,7 +466,7 @@ static int seq_reserve(cpu_engine *e, struct cpu_seq *s, int more, errbuf *err)
     free(s->v);
     s->k = k;
     s->v = v;
-    s->cap = cap;
+    s->cap = (int)cap;
     return 0;
 }
 
@@ -518,7 +530,7 @@ static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *s
     return 0;
 }
 
-/* Which logits an item's last row needs: returned, sampled, or both. */
+/* Whether row t of an item goes back to the caller as logits. */
 static int returns_row(const eng_item *it, int t)
 {
     return it->logits == ENG_LOGITS_ALL || (t == it->n_tokens - 1 && it->logits == ENG_LOGITS_LAST);
