@@ -94,16 +94,24 @@ static int is_eos(const model_config *cfg, int32_t id)
 
 int cmd_generate(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},      {"ids", required_argument, 0, 'i'},
-        {"prompt", required_argument, 0, 'p'},     {"chat", no_argument, 0, 'c'},
-        {"no-thinking", no_argument, 0, 'n'},      {"max-new-tokens", required_argument, 0, 'N'},
-        {"temperature", required_argument, 0, 'T'}, {"top-k", required_argument, 0, 'k'},
-        {"top-p", required_argument, 0, 'P'},      {"min-p", required_argument, 0, 'M'},
-        {"presence-penalty", required_argument, 0, 'r'}, {"seed", required_argument, 0, 's'},
-        {"ignore-eos", no_argument, 0, 'e'},       {"backend", required_argument, 0, 'b'},
-        {"threads", required_argument, 0, 't'},    {"tokenizer", required_argument, 0, 'z'},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"ids", required_argument, 0, 'i'},
+                                         {"prompt", required_argument, 0, 'p'},
+                                         {"chat", no_argument, 0, 'c'},
+                                         {"no-thinking", no_argument, 0, 'n'},
+                                         {"max-new-tokens", required_argument, 0, 'N'},
+                                         {"temperature", required_argument, 0, 'T'},
+                                         {"top-k", required_argument, 0, 'k'},
+                                         {"top-p", required_argument, 0, 'P'},
+                                         {"min-p", required_argument, 0, 'M'},
+                                         {"presence-penalty", required_argument, 0, 'r'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"ignore-eos", no_argument, 0, 'e'},
+                                         {"backend", required_argument, 0, 'b'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"tokenizer", required_argument, 0, 'z'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *dir = NULL, *ids_s = NULL, *prompt = NULL, *tok_dir = NULL;
     int chat = 0, thinking = 1, max_new = 64, ignore_eos = 0, c;
     sample_params sp;
@@ -115,11 +123,21 @@ int cmd_generate(int argc, char **argv)
     optind = 0;
     while (!bad && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
-        case 'i': ids_s = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'c': chat = 1; break;
-        case 'n': thinking = 0; break;
+        case 'm':
+            dir = optarg;
+            break;
+        case 'i':
+            ids_s = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case 'c':
+            chat = 1;
+            break;
+        case 'n':
+            thinking = 0;
+            break;
         case 'N':
             bad = cmdu_parse_int("--max-new-tokens", optarg, 1, 1 << 24, &v, &err);
             max_new = (int)v;
@@ -131,25 +149,38 @@ int cmd_generate(int argc, char **argv)
             bad = cmdu_parse_int("--top-k", optarg, 0, INT32_MAX, &v, &err);
             sp.top_k = (int)v;
             break;
-        case 'P': bad = cmdu_parse_float("--top-p", optarg, 0, 1, &sp.top_p, &err); break;
-        case 'M': bad = cmdu_parse_float("--min-p", optarg, 0, 1, &sp.min_p, &err); break;
+        case 'P':
+            bad = cmdu_parse_float("--top-p", optarg, 0, 1, &sp.top_p, &err);
+            break;
+        case 'M':
+            bad = cmdu_parse_float("--min-p", optarg, 0, 1, &sp.min_p, &err);
+            break;
         case 'r':
-            bad = cmdu_parse_float("--presence-penalty", optarg, -100, 100,
-                                   &sp.presence_penalty, &err);
+            bad = cmdu_parse_float("--presence-penalty", optarg, -100, 100, &sp.presence_penalty,
+                                   &err);
             break;
         case 's':
             bad = cmdu_parse_int("--seed", optarg, 0, INT64_MAX, &v, &err);
             sp.seed = (uint64_t)v;
             break;
-        case 'e': ignore_eos = 1; break;
+        case 'e':
+            ignore_eos = 1;
+            break;
         case 't':
             bad = cmdu_parse_int("--threads", optarg, 1, 256, &v, &err);
             eo.n_threads = (int)v;
             break;
-        case 'z': tok_dir = optarg; break;
-        case 'b': bad = cmdu_parse_backend("--backend", optarg, &eo.backend, &err); break;
-        case 'h': generate_usage(); return EXIT_OK;
-        default: return EXIT_USAGE;
+        case 'z':
+            tok_dir = optarg;
+            break;
+        case 'b':
+            bad = cmdu_parse_backend("--backend", optarg, &eo.backend, &err);
+            break;
+        case 'h':
+            generate_usage();
+            return EXIT_OK;
+        default:
+            return EXIT_USAGE;
         }
     }
     if (bad)
@@ -183,8 +214,8 @@ int cmd_generate(int argc, char **argv)
     int rc = EXIT_FAILURE_, n_out = 0, seq;
     for (int i = 0; i < n; i++)
         if (ids[i] >= m.cfg.vocab_size) {
-            errorf(&err, "--ids: entry %d: id %d is not below the model's vocab_size %d",
-                   i + 1, (int)ids[i], m.cfg.vocab_size);
+            errorf(&err, "--ids: entry %d: id %d is not below the model's vocab_size %d", i + 1,
+                   (int)ids[i], m.cfg.vocab_size);
             rc = EXIT_USAGE;
             break;
         }

@@ -46,9 +46,15 @@ int cmd_score(int argc, char **argv)
     optind = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
-        case 'i': ids_s = optarg; break;
-        case 'o': out_path = optarg; break;
+        case 'm':
+            dir = optarg;
+            break;
+        case 'i':
+            ids_s = optarg;
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
         case 't':
             if (cmdu_parse_int("--threads", optarg, 1, 256, &v, &err))
                 return cli_fail("score", EXIT_USAGE, "%s", err.msg);
@@ -58,8 +64,11 @@ int cmd_score(int argc, char **argv)
             if (cmdu_parse_backend("--backend", optarg, &eo.backend, &err))
                 return cli_fail("score", EXIT_USAGE, "%s", err.msg);
             break;
-        case 'h': score_usage(); return EXIT_OK;
-        default: return EXIT_USAGE;
+        case 'h':
+            score_usage();
+            return EXIT_OK;
+        default:
+            return EXIT_USAGE;
         }
     }
     if (optind < argc)

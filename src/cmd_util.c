@@ -23,8 +23,9 @@ int cmdu_parse_ids(const char *opt, const char *s, int32_t **ids, int *n, errbuf
         long long v = strtoll(p, &end, 10);
         if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
             free(out);
-            return errorf(err, "%s: entry %d of '%s' is not a token id (expected a "
-                               "comma-separated list of non-negative integers)",
+            return errorf(err,
+                          "%s: entry %d of '%s' is not a token id (expected a "
+                          "comma-separated list of non-negative integers)",
                           opt, index + 1, s);
         }
         if (count == cap) {
@@ -64,8 +65,7 @@ int cmdu_parse_int(const char *opt, const char *s, long long lo, long long hi, l
     return 0;
 }
 
-int cmdu_parse_float(const char *opt, const char *s, double lo, double hi, float *out,
-                     errbuf *err)
+int cmdu_parse_float(const char *opt, const char *s, double lo, double hi, float *out, errbuf *err)
 {
     char *end;
     errno = 0;
@@ -107,6 +107,7 @@ int cmdu_write_f32(const char *path, const float *data, size_t n, errbuf *err)
     size_t wrote = fwrite(data, sizeof *data, n, f);
     int write_errno = errno;
     if (fclose(f) || wrote != n)
-        return errorf(err, "%s: cannot write: %s", path, strerror(wrote != n ? write_errno : errno));
+        return errorf(err, "%s: cannot write: %s", path,
+                      strerror(wrote != n ? write_errno : errno));
     return 0;
 }

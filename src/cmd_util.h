@@ -21,8 +21,7 @@ int cmdu_parse_int(const char *opt, const char *s, long long lo, long long hi, l
                    errbuf *err);
 
 /* A finite float in [lo, hi]. */
-int cmdu_parse_float(const char *opt, const char *s, double lo, double hi, float *out,
-                     errbuf *err);
+int cmdu_parse_float(const char *opt, const char *s, double lo, double hi, float *out, errbuf *err);
 
 /* "cpu", "cuda" or "auto". */
 int cmdu_parse_backend(const char *opt, const char *s, enum eng_backend *out, errbuf *err);

@@ -34,8 +34,8 @@ struct cpu_layer {
 
 struct cpu_seq {
     int used;
-    int n;   /* tokens in the cache */
-    int cap; /* rows allocated */
+    int n;        /* tokens in the cache */
+    int cap;      /* rows allocated */
     float *k, *v; /* [layer][cap][kv_dim] */
     sample_params sp;
     int32_t *sampled; /* tokens sampled so far (presence penalty) */
@@ -69,8 +69,8 @@ typedef struct cpu_engine {
     eng base;
     const model *m;
     model_config c;
-    float *embed;      /* [vocab][hidden], for lookups */
-    float *lm_head_p;  /* the lm_head (or the tied embedding) in matmul panels */
+    float *embed;     /* [vocab][hidden], for lookups */
+    float *lm_head_p; /* the lm_head (or the tied embedding) in matmul panels */
     float *final_norm;
     struct cpu_layer *layers;
     float *inv_freq;
@@ -274,7 +274,10 @@ static void matmul_part(void *arg, int worker, int64_t panel_begin, int64_t pane
     }
 }
 
-static int64_t n_panels(int64_t out) { return (out + TILE - 1) / TILE; }
+static int64_t n_panels(int64_t out)
+{
+    return (out + TILE - 1) / TILE;
+}
 
 /* y[rows][out] (+)= x[rows][in] W^T with W in panels, split over panels. */
 static void matmul(cpu_engine *e, float *y, const float *x, const float *wp, int rows, int in,
@@ -561,8 +564,7 @@ static void forward_layers(cpu_engine *e, int rows)
     for (int l = 0; l < c->n_layers; l++) {
         struct cpu_layer *L = &e->layers[l];
         for (int i = 0; i < rows; i++)
-            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H,
-                    c->rms_norm_eps);
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H, c->rms_norm_eps);
         matmul(e, e->q, e->h, L->wq, rows, H, Q, 0);
         matmul(e, e->k, e->h, L->wk, rows, H, KV, 0);
         matmul(e, e->v, e->h, L->wv, rows, H, KV, 0);
@@ -587,8 +589,7 @@ static void forward_layers(cpu_engine *e, int rows)
         matmul(e, e->x, e->att, L->wo, rows, Q, H, 1);
 
         for (int i = 0; i < rows; i++)
-            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H,
-                    c->rms_norm_eps);
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H, c->rms_norm_eps);
         matmul(e, e->gate, e->h, L->wgate, rows, H, I, 0);
         matmul(e, e->up, e->h, L->wup, rows, H, I, 0);
         for (int64_t i = 0; i < (int64_t)rows * I; i++) {
@@ -618,8 +619,8 @@ static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits
             return errorf(err, "step: item %d (sequence %d) has no tokens", i, it->seq);
         for (int k = 0; k < i; k++)
             if (items[k].seq == it->seq)
-                return errorf(err, "step: sequence %d appears twice (items %d and %d)", it->seq,
-                              k, i);
+                return errorf(err, "step: sequence %d appears twice (items %d and %d)", it->seq, k,
+                              i);
         for (int t = 0; t < it->n_tokens; t++)
             if (it->tokens[t] < 0 || it->tokens[t] >= V)
                 return errorf(err, "step: item %d token %d: id %d out of range (vocab %d)", i, t,
@@ -733,8 +734,8 @@ static void cpu_close(eng *base)
     if (e->layers)
         for (int l = 0; l < e->c.n_layers; l++) {
             struct cpu_layer *L = &e->layers[l];
-            float *ps[] = {L->attn_norm, L->q_norm, L->k_norm, L->mlp_norm, L->wq, L->wk,
-                           L->wv, L->wo, L->wgate, L->wup, L->wdown};
+            float *ps[] = {L->attn_norm, L->q_norm, L->k_norm, L->mlp_norm, L->wq,   L->wk,
+                           L->wv,        L->wo,     L->wgate,  L->wup,      L->wdown};
             for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
                 free(ps[i]);
         }
@@ -787,8 +788,9 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     e->c = m->cfg;
     const model_config *c = &e->c;
     if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads || c->head_dim < 2 || c->head_dim % 2) {
-        errorf(err, "%s: the CPU engine needs heads divisible by KV heads and an even "
-                    "head_dim (have %d heads, %d KV heads, head_dim %d)",
+        errorf(err,
+               "%s: the CPU engine needs heads divisible by KV heads and an even "
+               "head_dim (have %d heads, %d KV heads, head_dim %d)",
                m->dir ? m->dir : "model", c->n_heads, c->n_kv_heads, c->head_dim);
         free(e);
         return -1;
@@ -804,7 +806,8 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     int64_t per_token = (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * sizeof(float);
     int64_t by_memory = ((int64_t)4 << 30) / per_token;
     e->kv_cap = opts->max_kv_tokens > 0 ? opts->max_kv_tokens
-                : by_memory < 131072 ? by_memory : 131072;
+                : by_memory < 131072    ? by_memory
+                                        : 131072;
     e->base.opts.backend = ENG_BACKEND_CPU;
     e->base.opts.n_threads = n_threads;
     e->base.opts.max_seqs = e->max_seqs;
@@ -829,7 +832,8 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     }
     e->final_norm = to_f32(&m->final_norm, H);
     e->sample_row = malloc(sizeof(float) * (size_t)c->vocab_size);
-    int ok = e->sample_row && e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head_p && e->final_norm;
+    int ok = e->sample_row && e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head_p &&
+             e->final_norm;
     for (int l = 0; ok && l < c->n_layers; l++) {
         const model_layer *ml = &m->layers[l];
         struct cpu_layer *L = &e->layers[l];

@@ -156,8 +156,8 @@ enum { NEED_MORE = -1 };
  * logit, at temperature). Returns the token, or NEED_MORE when the answer
  * depends on candidates beyond m (only possible while m < n).
  */
-static int32_t pick(const sample_params *sp, const float *logits, const int32_t *idx, int m,
-                    int n, double z, double u, float *p)
+static int32_t pick(const sample_params *sp, const float *logits, const int32_t *idx, int m, int n,
+                    double z, double u, float *p)
 {
     float best = logits[idx[0]];
     for (int i = 0; i < m; i++)

@@ -25,7 +25,10 @@
 #include "engine.h"
 #include "model.h"
 
-static const char *srcdir(void) { return getenv("top_srcdir") ? getenv("top_srcdir") : "."; }
+static const char *srcdir(void)
+{
+    return getenv("top_srcdir") ? getenv("top_srcdir") : ".";
+}
 
 enum { N_SEQ = 6, MAX_PROMPT = 48, MAX_GEN = 12 };
 
@@ -54,8 +57,13 @@ static void make_plans(int V)
     const struct plan p[N_SEQ] = {
         {1, 9, 0, -1, 0, 0, {.temperature = 0, .top_p = 1}},
         {23, 5, 0, -1, 0, 1, {.temperature = 0.8f, .top_p = 1, .seed = 11}},
-        {40, 12, 1, -1, 0, 0, {.temperature = 1.0f, .top_k = 50, .top_p = 0.9f,
-                               .presence_penalty = 0.7f, .seed = 12}},
+        {40,
+         12,
+         1,
+         -1,
+         0,
+         0,
+         {.temperature = 1.0f, .top_k = 50, .top_p = 0.9f, .presence_penalty = 0.7f, .seed = 12}},
         {7, 8, 3, -1, 0, 0, {.temperature = 0.7f, .top_p = 1, .min_p = 0.1f, .seed = 13}},
         {31, 10, 5, 2, 17, 0, {.temperature = 0, .top_p = 1, .presence_penalty = 1.5f}},
         {12, 6, 9, -1, 0, 1, {.temperature = 1.3f, .top_k = 5, .top_p = 1, .seed = 14}},
@@ -72,8 +80,8 @@ static void make_plans(int V)
 
 static eng *open_engine(const model *m, int threads, int64_t kv, errbuf *err)
 {
-    eng_options o = {.backend = ENG_BACKEND_CPU, .n_threads = threads, .max_seqs = 8,
-                     .max_kv_tokens = kv};
+    eng_options o = {
+        .backend = ENG_BACKEND_CPU, .n_threads = threads, .max_seqs = 8, .max_kv_tokens = kv};
     eng *e = NULL;
     if (eng_open(&e, m, &o, err))
         return NULL;
@@ -94,16 +102,21 @@ static void run_alone(const model *m, int i, struct trace *tr)
     tr->logits = calloc((size_t)p->n_gen * V, sizeof(float));
     tr->prompt_logits = p->all_logits ? calloc((size_t)p->prompt_len * V, sizeof(float)) : NULL;
     /* The whole prompt in one step: logits of every position, or the last. */
-    eng_item it = {.seq = seq, .tokens = prompts[i], .n_tokens = p->prompt_len,
-                   .logits = p->all_logits ? ENG_LOGITS_ALL : ENG_LOGITS_LAST, .sample = 1};
+    eng_item it = {.seq = seq,
+                   .tokens = prompts[i],
+                   .n_tokens = p->prompt_len,
+                   .logits = p->all_logits ? ENG_LOGITS_ALL : ENG_LOGITS_LAST,
+                   .sample = 1};
     float *dst = p->all_logits ? tr->prompt_logits : tr->logits;
     CHECK_MSG(eng_step(e, &it, 1, dst, &tr->tokens[0], &err) == 0, "%s", err.msg);
     if (p->all_logits)
-        memcpy(tr->logits, tr->prompt_logits + (size_t)(p->prompt_len - 1) * V,
-               sizeof(float) * V);
+        memcpy(tr->logits, tr->prompt_logits + (size_t)(p->prompt_len - 1) * V, sizeof(float) * V);
     for (int g = 1; g < p->n_gen; g++) {
-        it = (eng_item){.seq = seq, .tokens = &tr->tokens[g - 1], .n_tokens = 1,
-                        .logits = ENG_LOGITS_LAST, .sample = 1};
+        it = (eng_item){.seq = seq,
+                        .tokens = &tr->tokens[g - 1],
+                        .n_tokens = 1,
+                        .logits = ENG_LOGITS_LAST,
+                        .sample = 1};
         CHECK(eng_step(e, &it, 1, tr->logits + (size_t)g * V, &tr->tokens[g], &err) == 0);
     }
     eng_close(e);
@@ -188,15 +201,20 @@ static void check_batched(const model *m, struct trace *alone)
                 if (chunk > p->prompt_len - l->fed)
                     chunk = p->prompt_len - l->fed;
                 int last = l->fed + chunk == p->prompt_len;
-                *it = (eng_item){.seq = l->seq, .tokens = prompts[i] + l->fed, .n_tokens = chunk,
+                *it = (eng_item){.seq = l->seq,
+                                 .tokens = prompts[i] + l->fed,
+                                 .n_tokens = chunk,
                                  .logits = p->all_logits ? ENG_LOGITS_ALL
                                            : last        ? ENG_LOGITS_LAST
                                                          : ENG_LOGITS_NONE,
                                  .sample = last};
                 n_prefill++;
             } else {
-                *it = (eng_item){.seq = l->seq, .tokens = &l->tokens[l->n_done - 1],
-                                 .n_tokens = 1, .logits = ENG_LOGITS_LAST, .sample = 1};
+                *it = (eng_item){.seq = l->seq,
+                                 .tokens = &l->tokens[l->n_done - 1],
+                                 .n_tokens = 1,
+                                 .logits = ENG_LOGITS_LAST,
+                                 .sample = 1};
                 n_decode++;
             }
             who[n_items++] = i;
@@ -223,9 +241,9 @@ static void check_batched(const model *m, struct trace *alone)
             const eng_item *it = &items[j];
             const float *last_row = NULL;
             if (it->logits == ENG_LOGITS_ALL) {
-                worst = fmax(worst, max_diff(logits + row * V,
-                                             alone[i].prompt_logits + (size_t)l->fed * V,
-                                             (size_t)it->n_tokens * V));
+                worst = fmax(worst,
+                             max_diff(logits + row * V, alone[i].prompt_logits + (size_t)l->fed * V,
+                                      (size_t)it->n_tokens * V));
                 row += (size_t)it->n_tokens;
                 last_row = logits + (row - 1) * V;
             } else if (it->logits == ENG_LOGITS_LAST) {
@@ -236,13 +254,13 @@ static void check_batched(const model *m, struct trace *alone)
             if (!it->sample)
                 continue;
             if (last_row)
-                worst = fmax(worst, max_diff(last_row, alone[i].logits + (size_t)l->n_done * V,
-                                             (size_t)V));
+                worst = fmax(
+                    worst, max_diff(last_row, alone[i].logits + (size_t)l->n_done * V, (size_t)V));
             int32_t tok = sampled[k++];
             if (tok != alone[i].tokens[l->n_done]) {
                 token_mismatch++;
-                fprintf(stderr, "sequence %d token %d: %d batched, %d alone\n", i, l->n_done,
-                        tok, alone[i].tokens[l->n_done]);
+                fprintf(stderr, "sequence %d token %d: %d batched, %d alone\n", i, l->n_done, tok,
+                        alone[i].tokens[l->n_done]);
             }
             l->tokens[l->n_done++] = tok;
             if (l->n_done == p->n_gen) {
@@ -353,10 +371,9 @@ static void check_errors(const model *m)
     int penalized = 0;
     for (int g = 0; g < 6; g++) {
         /* The same input token each step, so the raw favourite repeats. */
-        eng_item two[2] = {{.seq = a, .tokens = toks, .n_tokens = 1, .logits = ENG_LOGITS_LAST,
-                            .sample = 1},
-                           {.seq = b, .tokens = toks, .n_tokens = 1, .logits = ENG_LOGITS_LAST,
-                            .sample = 1}};
+        eng_item two[2] = {
+            {.seq = a, .tokens = toks, .n_tokens = 1, .logits = ENG_LOGITS_LAST, .sample = 1},
+            {.seq = b, .tokens = toks, .n_tokens = 1, .logits = ENG_LOGITS_LAST, .sample = 1}};
         CHECK(eng_step(e, two, 2, row, drawn, &err) == 0);
         CHECK_MSG(!memcmp(row, row + V, sizeof(float) * V),
                   "step %d: the penalized sequence's returned logits are not raw", g);
@@ -385,8 +402,11 @@ static void check_errors(const model *m)
     eng_close(e);
 
     /* n_valid_vocab: hot sampling never picks an id at or above it. */
-    eng_options o = {.backend = ENG_BACKEND_CPU, .n_threads = 1, .max_seqs = 1,
-                     .max_kv_tokens = 64, .n_valid_vocab = 100};
+    eng_options o = {.backend = ENG_BACKEND_CPU,
+                     .n_threads = 1,
+                     .max_seqs = 1,
+                     .max_kv_tokens = 64,
+                     .n_valid_vocab = 100};
     CHECK(eng_open(&e, m, &o, &err) == 0);
     sample_params hot = {.temperature = 20, .top_p = 1, .seed = 3};
     CHECK(eng_seq_add(e, &hot, &a, &err) == 0);

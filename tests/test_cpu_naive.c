@@ -250,8 +250,8 @@ static void check_shape(const struct shape *s)
     reference(s, &wt, &m.cfg, ids, N, want);
     float *got = malloc(sizeof *got * N * V);
     for (int threads = 1; threads <= 3; threads += 2) {
-        eng_options o = {.backend = ENG_BACKEND_CPU, .n_threads = threads, .max_seqs = 2,
-                         .max_kv_tokens = 256};
+        eng_options o = {
+            .backend = ENG_BACKEND_CPU, .n_threads = threads, .max_seqs = 2, .max_kv_tokens = 256};
         eng *e;
         CHECK_MSG(eng_open(&e, &m, &o, &err) == 0, "%s", err.msg);
         sample_params sp;
@@ -260,8 +260,7 @@ static void check_shape(const struct shape *s)
         CHECK(eng_seq_add(e, &sp, &seq, &err) == 0);
         /* Two chunks, so positions past the first step use the cache. */
         eng_item a = {.seq = seq, .tokens = ids, .n_tokens = 13, .logits = ENG_LOGITS_ALL};
-        eng_item b = {.seq = seq, .tokens = ids + 13, .n_tokens = N - 13,
-                      .logits = ENG_LOGITS_ALL};
+        eng_item b = {.seq = seq, .tokens = ids + 13, .n_tokens = N - 13, .logits = ENG_LOGITS_ALL};
         CHECK_MSG(eng_step(e, &a, 1, got, NULL, &err) == 0, "%s", err.msg);
         CHECK_MSG(eng_step(e, &b, 1, got + 13 * V, NULL, &err) == 0, "%s", err.msg);
         double worst = 0, big = 0;
@@ -271,8 +270,8 @@ static void check_shape(const struct shape *s)
         }
         printf("vocab %d hidden %d heads %d/%d head_dim %d inter %d%s%s, %d threads: max |logit| "
                "%.3f, max error %.2e\n",
-               V, s->hidden, s->heads, s->kv_heads, s->head_dim, s->inter,
-               s->tied ? ", tied" : "", s->yarn ? ", yarn" : "", threads, big, worst);
+               V, s->hidden, s->heads, s->kv_heads, s->head_dim, s->inter, s->tied ? ", tied" : "",
+               s->yarn ? ", yarn" : "", threads, big, worst);
         CHECK_MSG(worst < 1e-4 * big, "max logit error %g (max |logit| %g)", worst, big);
         CHECK(big > 0.5); /* the logits are not degenerate */
         eng_close(e);

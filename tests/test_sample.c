@@ -118,8 +118,7 @@ static void histogram(const sample_params *sp, const float *logits, int n, int d
 }
 
 /* |frequency - p| within 5 standard deviations for every id. */
-static void check_frequencies(const char *what, const int *count, const double *p, int n,
-                              int draws)
+static void check_frequencies(const char *what, const int *count, const double *p, int n, int draws)
 {
     for (int i = 0; i < n; i++) {
         double f = (double)count[i] / draws;
