@@ -1,5 +1,12 @@
 /*
  * engine.c - backend choice and the thin wrappers of engine.h.
+ *
+ * The CUDA backend is referenced only when configure built it (HAVE_CUDA);
+ * cuda/cuda_engine.h then provides
+ *     int cuda_engine_open(eng **out, const model *m, const eng_options *opts,
+ *                          errbuf *err);
+ *     int cuda_engine_available(void);   (1 when a usable GPU is present)
+ * A CPU-only build asked for CUDA says so instead of failing later.
  */
 #include "config.h"
 
