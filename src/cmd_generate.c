@@ -1,236 +1,209 @@
 /*
- * cmd_generate.c - `score` and `generate`: one prompt through the engine,
- * for checking numerics against references and for trying a model by hand.
+ * cmd_generate.c - `qwen3-batch generate`: one prompt through the engine,
+ * for trying a model by hand and for end-to-end checks of sampling and
+ * decoding (the batch runner drives the same engine through the scheduler).
  */
-#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "chat.h"
 #include "cli.h"
+#include "cmd_util.h"
 #include "engine.h"
 #include "model.h"
 #include "tok.h"
 
-static double now(void)
+static void generate_usage(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    printf("usage: qwen3-batch generate --model DIR (--ids LIST | --prompt TEXT [--chat\n"
+           "                            [--no-thinking]]) [options]\n\n"
+           "Generates a continuation of one prompt and prints one line of JSON:\n"
+           "  {\"ids\": [...], \"text\": \"...\", \"finish_reason\": \"stop\"|\"length\",\n"
+           "   \"prompt_tokens\", \"completion_tokens\", \"seconds\", \"backend\"}\n"
+           "ids and text are the completion without the end-of-sequence token; text is\n"
+           "null when no tokenizer could be read (--ids with a folder without one).\n"
+           "seconds is the time in the engine (prefill and decode, not loading).\n\n"
+           "  --ids LIST            prompt token ids, comma separated\n"
+           "  --prompt TEXT         prompt text, tokenized as is (no chat template)\n"
+           "  --chat                render TEXT as a user message with the Qwen3 chat\n"
+           "                        template and the generation prompt\n"
+           "  --no-thinking         with --chat: the empty think block (thinking off)\n"
+           "  --max-new-tokens N    most tokens to generate (default 64)\n"
+           "  --temperature T       0 = greedy (default 0)\n"
+           "  --top-k K             0 = off (default)\n"
+           "  --top-p P             1 = off (default)\n"
+           "  --min-p M             0 = off (default)\n"
+           "  --presence-penalty X  subtracted once from each generated token's logit\n"
+           "  --seed S              sampling seed (default 0)\n"
+           "  --ignore-eos          do not stop at the model's end-of-sequence ids\n"
+           "  --backend B           cpu, cuda or auto (default auto)\n"
+           "  --threads N           CPU worker threads (default: all cores)\n"
+           "  --tokenizer DIR       folder with tokenizer.json (default: the model folder)\n\n"
+           "exit codes: 0 ok, 1 error (model, tokenizer, engine), 2 bad command line.\n");
 }
 
-/* "1,2,3" -> ids (malloc'ed). */
-static int parse_ids(const char *s, int32_t **ids, int *n)
+/* Opens the tokenizer; required for --prompt or an explicit --tokenizer,
+ * optional (text: null) for --ids from the model folder. */
+static int open_tokenizer(tok **t, const char *tok_dir, const char *model_dir, int required,
+                          errbuf *err)
 {
-    int cap = 16;
-    *ids = malloc(sizeof **ids * (size_t)cap);
-    *n = 0;
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > INT32_MAX)
-            return -1;
-        if (*n == cap)
-            *ids = realloc(*ids, sizeof **ids * (size_t)(cap *= 2));
-        (*ids)[(*n)++] = (int32_t)v;
-        s = end;
-        if (*s == ',')
-            s++;
-        else if (*s)
-            return -1;
+    *t = NULL;
+    if (tok_open(t, tok_dir ? tok_dir : model_dir, err) == 0)
+        return 0;
+    *t = NULL;
+    return required ? -1 : 0;
+}
+
+static int prompt_ids(const tok *t, const char *prompt, int chat, int thinking, int32_t **ids,
+                      int *n, errbuf *err)
+{
+    strbuf text = STRBUF_INIT;
+    if (chat) {
+        chat_msg msg = {"user", prompt};
+        if (chat_render(&text, &msg, 1, 1, thinking, err)) {
+            sb_release(&text);
+            return error_prefix(err, "--chat");
+        }
+    } else {
+        sb_adds(&text, prompt);
     }
-    return *n > 0 ? 0 : -1;
-}
-
-static int parse_backend(const char *s, enum eng_backend *b)
-{
-    if (!strcmp(s, "cpu"))
-        *b = ENG_BACKEND_CPU;
-    else if (!strcmp(s, "cuda"))
-        *b = ENG_BACKEND_CUDA;
-    else if (!strcmp(s, "auto"))
-        *b = ENG_BACKEND_AUTO;
-    else
-        return -1;
+    size_t n_ids = 0;
+    int rc = tok_encode(t, text.buf ? text.buf : "", text.len, ids, &n_ids, err);
+    sb_release(&text);
+    if (rc)
+        return error_prefix(err, "--prompt");
+    if (n_ids == 0) {
+        free(*ids);
+        *ids = NULL;
+        return errorf(err, "--prompt: the prompt has no tokens");
+    }
+    *n = (int)n_ids;
     return 0;
 }
 
-int cmd_score(int argc, char **argv)
+static int is_eos(const model_config *cfg, int32_t id)
 {
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"ids", required_argument, 0, 'i'},
-                                         {"logits-out", required_argument, 0, 'o'},
-                                         {"backend", required_argument, 0, 'b'},
-                                         {"threads", required_argument, 0, 't'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *dir = NULL, *ids_s = NULL, *out_path = NULL;
-    eng_options eo = {.backend = ENG_BACKEND_CPU};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': dir = optarg; break;
-        case 'i': ids_s = optarg; break;
-        case 'o': out_path = optarg; break;
-        case 't': eo.n_threads = atoi(optarg); break;
-        case 'b':
-            if (parse_backend(optarg, &eo.backend))
-                return cli_fail("score", EXIT_USAGE, "--backend must be cpu, cuda or auto");
-            break;
-        case 'h':
-            printf("usage: qwen3-batch score --model DIR --ids 1,2,3 --logits-out FILE\n"
-                   "                         [--backend cpu|cuda|auto] [--threads N]\n\n"
-                   "Runs the ids through the model and writes the logits of every position\n"
-                   "(float32 little endian, vocab_size per row) to FILE; prints a JSON summary.\n");
-            return EXIT_OK;
-        default:
-            return EXIT_USAGE;
-        }
-    }
-    if (!dir || !ids_s || !out_path)
-        return cli_fail("score", EXIT_USAGE, "--model, --ids and --logits-out are required");
-    int32_t *ids;
-    int n;
-    if (parse_ids(ids_s, &ids, &n))
-        return cli_fail("score", EXIT_USAGE, "--ids: expected a comma-separated list of ids");
-    errbuf err = {{0}};
-    model m;
-    if (model_open(&m, dir, &err)) {
-        free(ids);
-        return cli_fail("score", EXIT_FAILURE_, "%s", err.msg);
-    }
-    eo.max_step_tokens = n;
-    eo.max_kv_tokens = n + 16;
-    eng *e;
-    int rc = EXIT_FAILURE_;
-    float *logits = NULL;
-    if (eng_open(&e, &m, &eo, &err))
-        goto out;
-    int V = m.cfg.vocab_size, seq;
-    logits = malloc(sizeof *logits * (size_t)n * V);
-    sample_params sp;
-    sample_params_greedy(&sp);
-    double t0 = now();
-    eng_item it = {.tokens = ids, .n_tokens = n, .logits = ENG_LOGITS_ALL};
-    if (!logits || eng_seq_add(e, &sp, &seq, &err))
-        goto close;
-    it.seq = seq;
-    if (eng_step(e, &it, 1, logits, NULL, &err))
-        goto close;
-    double secs = now() - t0;
-    FILE *f = fopen(out_path, "wb");
-    if (!f || fwrite(logits, sizeof(float) * V, (size_t)n, f) != (size_t)n || fclose(f)) {
-        errorf(&err, "%s: cannot write: %s", out_path, strerror(errno));
-        goto close;
-    }
-    printf("{\"n_positions\": %d, \"vocab\": %d, \"backend\": \"%s\", \"seconds\": %.4f, "
-           "\"argmax\": [",
-           n, V, e->backend_name, secs);
-    for (int p = 0; p < n; p++) {
-        int best = 0;
-        for (int v = 1; v < V; v++)
-            if (logits[(size_t)p * V + v] > logits[(size_t)p * V + best])
-                best = v;
-        printf("%s%d", p ? ", " : "", best);
-    }
-    printf("]}\n");
-    rc = EXIT_OK;
-close:
-    eng_close(e);
-out:
-    if (rc)
-        cli_fail("score", rc, "%s", err.msg);
-    free(logits);
-    free(ids);
-    model_close(&m);
-    return rc;
+    for (int i = 0; i < cfg->n_eos; i++)
+        if (id == cfg->eos_ids[i])
+            return 1;
+    return 0;
 }
 
 int cmd_generate(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},      {"ids", required_argument, 0, 'i'},
-        {"prompt", required_argument, 0, 'p'},     {"chat", no_argument, 0, 'c'},
-        {"no-thinking", no_argument, 0, 'n'},      {"max-new-tokens", required_argument, 0, 'N'},
-        {"temperature", required_argument, 0, 'T'}, {"top-k", required_argument, 0, 'k'},
-        {"top-p", required_argument, 0, 'P'},      {"min-p", required_argument, 0, 'M'},
-        {"presence-penalty", required_argument, 0, 'r'}, {"seed", required_argument, 0, 's'},
-        {"ignore-eos", no_argument, 0, 'e'},       {"backend", required_argument, 0, 'b'},
-        {"threads", required_argument, 0, 't'},    {"tokenizer", required_argument, 0, 'z'},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"ids", required_argument, 0, 'i'},
+                                         {"prompt", required_argument, 0, 'p'},
+                                         {"chat", no_argument, 0, 'c'},
+                                         {"no-thinking", no_argument, 0, 'n'},
+                                         {"max-new-tokens", required_argument, 0, 'N'},
+                                         {"temperature", required_argument, 0, 'T'},
+                                         {"top-k", required_argument, 0, 'k'},
+                                         {"top-p", required_argument, 0, 'P'},
+                                         {"min-p", required_argument, 0, 'M'},
+                                         {"presence-penalty", required_argument, 0, 'r'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"ignore-eos", no_argument, 0, 'e'},
+                                         {"backend", required_argument, 0, 'b'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"tokenizer", required_argument, 0, 'z'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *dir = NULL, *ids_s = NULL, *prompt = NULL, *tok_dir = NULL;
     int chat = 0, thinking = 1, max_new = 64, ignore_eos = 0, c;
     sample_params sp;
     sample_params_greedy(&sp);
     eng_options eo = {.backend = ENG_BACKEND_AUTO};
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    errbuf err = {{0}};
+    long long v;
+    int bad = 0;
+    optind = 0;
+    while (!bad && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
-        case 'i': ids_s = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'c': chat = 1; break;
-        case 'n': thinking = 0; break;
-        case 'N': max_new = atoi(optarg); break;
-        case 'T': sp.temperature = strtof(optarg, NULL); break;
-        case 'k': sp.top_k = atoi(optarg); break;
-        case 'P': sp.top_p = strtof(optarg, NULL); break;
-        case 'M': sp.min_p = strtof(optarg, NULL); break;
-        case 'r': sp.presence_penalty = strtof(optarg, NULL); break;
-        case 's': sp.seed = strtoull(optarg, NULL, 10); break;
-        case 'e': ignore_eos = 1; break;
-        case 't': eo.n_threads = atoi(optarg); break;
-        case 'z': tok_dir = optarg; break;
+        case 'm':
+            dir = optarg;
+            break;
+        case 'i':
+            ids_s = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case 'c':
+            chat = 1;
+            break;
+        case 'n':
+            thinking = 0;
+            break;
+        case 'N':
+            bad = cmdu_parse_int("--max-new-tokens", optarg, 1, 1 << 24, &v, &err);
+            max_new = (int)v;
+            break;
+        case 'T':
+            bad = cmdu_parse_float("--temperature", optarg, 0, 100, &sp.temperature, &err);
+            break;
+        case 'k':
+            bad = cmdu_parse_int("--top-k", optarg, 0, INT32_MAX, &v, &err);
+            sp.top_k = (int)v;
+            break;
+        case 'P':
+            bad = cmdu_parse_float("--top-p", optarg, 0, 1, &sp.top_p, &err);
+            break;
+        case 'M':
+            bad = cmdu_parse_float("--min-p", optarg, 0, 1, &sp.min_p, &err);
+            break;
+        case 'r':
+            bad = cmdu_parse_float("--presence-penalty", optarg, -100, 100, &sp.presence_penalty,
+                                   &err);
+            break;
+        case 's':
+            bad = cmdu_parse_int("--seed", optarg, 0, INT64_MAX, &v, &err);
+            sp.seed = (uint64_t)v;
+            break;
+        case 'e':
+            ignore_eos = 1;
+            break;
+        case 't':
+            bad = cmdu_parse_int("--threads", optarg, 1, 256, &v, &err);
+            eo.n_threads = (int)v;
+            break;
+        case 'z':
+            tok_dir = optarg;
+            break;
         case 'b':
-            if (parse_backend(optarg, &eo.backend))
-                return cli_fail("generate", EXIT_USAGE, "--backend must be cpu, cuda or auto");
+            bad = cmdu_parse_backend("--backend", optarg, &eo.backend, &err);
             break;
         case 'h':
-            printf("usage: qwen3-batch generate --model DIR (--ids LIST | --prompt TEXT [--chat "
-                   "[--no-thinking]])\n"
-                   "         [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
-                   "         [--min-p M] [--presence-penalty X] [--seed S] [--ignore-eos]\n"
-                   "         [--backend cpu|cuda|auto] [--threads N] [--tokenizer DIR]\n\n"
-                   "Generates from one prompt and prints JSON: ids, text, finish_reason,\n"
-                   "prompt_tokens, completion_tokens, seconds. Greedy unless --temperature > 0.\n"
-                   "--prompt is tokenized as is; --chat wraps it as a user message in the\n"
-                   "Qwen3 chat template. --tokenizer defaults to the model folder.\n");
+            generate_usage();
             return EXIT_OK;
         default:
             return EXIT_USAGE;
         }
     }
+    if (bad)
+        return cli_fail("generate", EXIT_USAGE, "%s", err.msg);
+    if (optind < argc)
+        return cli_fail("generate", EXIT_USAGE, "unexpected argument '%s'", argv[optind]);
     if (!dir || (!ids_s == !prompt))
-        return cli_fail("generate", EXIT_USAGE, "--model and one of --ids or --prompt are required");
-    if (max_new < 1)
-        return cli_fail("generate", EXIT_USAGE, "--max-new-tokens must be at least 1");
-    errbuf err = {{0}};
-    tok *t = NULL;
-    if (tok_open(&t, tok_dir ? tok_dir : dir, &err) && (prompt || !ids_s))
+        return cli_fail("generate", EXIT_USAGE,
+                        "--model and exactly one of --ids or --prompt are required");
+    if (chat && !prompt)
+        return cli_fail("generate", EXIT_USAGE, "--chat needs --prompt");
+    if (!thinking && !chat)
+        return cli_fail("generate", EXIT_USAGE, "--no-thinking needs --chat");
+
+    tok *t;
+    if (open_tokenizer(&t, tok_dir, dir, prompt || tok_dir, &err))
         return cli_fail("generate", EXIT_FAILURE_, "%s", err.msg);
     int32_t *ids = NULL;
     int n = 0;
-    if (ids_s) {
-        if (parse_ids(ids_s, &ids, &n))
-            return cli_fail("generate", EXIT_USAGE, "--ids: expected a comma-separated list");
-    } else {
-        strbuf text = STRBUF_INIT;
-        if (chat) {
-            chat_msg msg = {"user", prompt};
-            chat_render(&text, &msg, 1, 1, thinking, &err);
-        } else {
-            sb_adds(&text, prompt);
-        }
-        size_t nn;
-        int rc = tok_encode(t, text.buf, text.len, &ids, &nn, &err);
-        sb_release(&text);
-        if (rc)
-            return cli_fail("generate", EXIT_USAGE, "--prompt: %s", err.msg);
-        n = (int)nn;
+    if (ids_s ? cmdu_parse_ids("--ids", ids_s, &ids, &n, &err)
+              : prompt_ids(t, prompt, chat, thinking, &ids, &n, &err)) {
+        tok_close(t);
+        return cli_fail("generate", EXIT_USAGE, "%s", err.msg);
     }
     model m;
     if (model_open(&m, dir, &err)) {
@@ -238,52 +211,87 @@ int cmd_generate(int argc, char **argv)
         free(ids);
         return cli_fail("generate", EXIT_FAILURE_, "%s", err.msg);
     }
-    eo.max_kv_tokens = n + max_new + 16;
+    int rc = EXIT_FAILURE_, n_out = 0, seq;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= m.cfg.vocab_size) {
+            errorf(&err, "--ids: entry %d: id %d is not below the model's vocab_size %d", i + 1,
+                   (int)ids[i], m.cfg.vocab_size);
+            rc = EXIT_USAGE;
+            break;
+        }
+    eo.max_kv_tokens = (int64_t)n + max_new;
     eo.max_seqs = 1;
     eo.n_valid_vocab = t ? tok_vocab_size(t) : 0;
     int32_t *out = malloc(sizeof *out * (size_t)max_new);
-    int n_out = 0, rc = EXIT_FAILURE_, seq;
     const char *finish = "length";
     eng *e = NULL;
-    double t0 = now();
+    double t_prefill = 0, t_decode = 0;
+    if (rc == EXIT_USAGE)
+        goto out;
+    if (!out) {
+        errorf(&err, "out of memory");
+        goto out;
+    }
     if (eng_open(&e, &m, &eo, &err) || eng_seq_add(e, &sp, &seq, &err))
         goto out;
-    eng_item it = {.seq = seq, .tokens = ids, .n_tokens = n, .sample = 1};
-    int32_t next;
-    while (n_out < max_new) {
+
+    /* Prefill in chunks the engine is sized for; the last one samples. */
+    double t0 = cmdu_now();
+    int chunk = e->opts.max_step_tokens > 0 ? e->opts.max_step_tokens : n;
+    int32_t next = -1;
+    for (int at = 0; at < n; at += chunk) {
+        int len = n - at < chunk ? n - at : chunk;
+        eng_item it = {.seq = seq, .tokens = ids + at, .n_tokens = len, .sample = at + len == n};
         if (eng_step(e, &it, 1, NULL, &next, &err))
             goto out;
-        int eos = 0;
-        for (int i = 0; i < m.cfg.n_eos; i++)
-            eos |= next == m.cfg.eos_ids[i];
-        if (eos && !ignore_eos) {
+    }
+    t_prefill = cmdu_now() - t0;
+    t0 = cmdu_now();
+    for (;;) {
+        if (!ignore_eos && is_eos(&m.cfg, next)) {
             finish = "stop";
             break;
         }
         out[n_out++] = next;
-        it.tokens = &out[n_out - 1];
-        it.n_tokens = 1;
+        if (n_out == max_new)
+            break;
+        eng_item it = {.seq = seq, .tokens = &out[n_out - 1], .n_tokens = 1, .sample = 1};
+        if (eng_step(e, &it, 1, NULL, &next, &err))
+            goto out;
     }
-    double secs = now() - t0;
+    t_decode = cmdu_now() - t0;
+
     json_t *res = json_object(), *arr = json_array();
     for (int i = 0; i < n_out; i++)
         json_array_append_new(arr, json_integer(out[i]));
     json_object_set_new(res, "ids", arr);
+    json_t *text = json_null();
     if (t) {
-        strbuf text = STRBUF_INIT;
-        if (tok_decode(t, out, (size_t)n_out, &text, &err) == 0)
-            json_object_set_new(res, "text", json_stringn(text.buf ? text.buf : "", text.len));
-        sb_release(&text);
+        strbuf sb = STRBUF_INIT;
+        int dec = tok_decode(t, out, (size_t)n_out, &sb, &err);
+        text = dec ? NULL : json_stringn(sb.buf ? sb.buf : "", sb.len);
+        sb_release(&sb);
+        if (!text) {
+            json_decref(res);
+            if (!dec)
+                errorf(&err, "the completion is not valid UTF-8 text");
+            goto out;
+        }
     }
+    json_object_set_new(res, "text", text);
     json_object_set_new(res, "finish_reason", json_string(finish));
     json_object_set_new(res, "prompt_tokens", json_integer(n));
     json_object_set_new(res, "completion_tokens", json_integer(n_out));
-    json_object_set_new(res, "seconds", json_real(secs));
+    json_object_set_new(res, "seconds", json_real(t_prefill + t_decode));
     json_object_set_new(res, "backend", json_string(e->backend_name));
     char *s = json_dumps(res, JSON_COMPACT);
+    json_decref(res);
+    if (!s) {
+        errorf(&err, "out of memory");
+        goto out;
+    }
     puts(s);
     free(s);
-    json_decref(res);
     rc = EXIT_OK;
 out:
     if (rc)

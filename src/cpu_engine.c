@@ -7,10 +7,17 @@
  * each layer together, so the weights are read once per step; attention then
  * looks up each row's own sequence in its KV cache.
  *
- * Every output element is a dot product summed in one fixed order whatever
- * the batch or the thread count, so a sequence gets bit-identical logits
- * alone or in any batch: the scheduler's batching can never change a
- * document's text.
+ * Every number is summed in one fixed order whatever the batch, the prefill
+ * chunking or the thread count (linear layers: over the input in order, one
+ * accumulator per output; attention: per row and head over the positions),
+ * so a sequence gets bit-identical logits alone or in any batch: the
+ * scheduler's batching can never change a document's text.
+ *
+ * Threads: a small persistent pool runs each operation as a parallel-for
+ * (linear layers split over output panels, attention over (row, head)
+ * pairs); the calling thread is worker 0. Memory: weights in fp32 panels
+ * (see matmul), each sequence's K and V in fp32 rows that grow by doubling,
+ * activations grown to the largest step; nothing is allocated per layer.
  */
 #include "engine.h"
 
@@ -22,13 +29,13 @@
 
 struct cpu_layer {
     float *attn_norm, *q_norm, *k_norm, *mlp_norm;
-    float *wq, *wk, *wv, *wo, *wgate, *wup, *wdown; /* [out][in] */
+    float *wq, *wk, *wv, *wo, *wgate, *wup, *wdown; /* in matmul panels */
 };
 
 struct cpu_seq {
     int used;
-    int n;   /* tokens in the cache */
-    int cap; /* rows allocated */
+    int n;        /* tokens in the cache */
+    int cap;      /* rows allocated */
     float *k, *v; /* [layer][cap][kv_dim] */
     sample_params sp;
     int32_t *sampled; /* tokens sampled so far (presence penalty) */
@@ -37,7 +44,8 @@ struct cpu_seq {
 
 /* A parallel-for over [0, n) on a persistent pool. */
 struct pool;
-typedef void (*pool_fn)(void *ctx, int64_t begin, int64_t end);
+/* fn runs [begin, end) of the range on worker `worker` (0 = the caller). */
+typedef void (*pool_fn)(void *ctx, int worker, int64_t begin, int64_t end);
 
 struct pool_worker {
     struct pool *p;
@@ -61,7 +69,9 @@ typedef struct cpu_engine {
     eng base;
     const model *m;
     model_config c;
-    float *embed, *lm_head, *final_norm; /* lm_head == embed when tied */
+    float *embed;     /* [vocab][hidden], for lookups */
+    float *lm_head_p; /* the lm_head (or the tied embedding) in matmul panels */
+    float *final_norm;
     struct cpu_layer *layers;
     float *inv_freq;
     float attn_factor;
@@ -72,8 +82,16 @@ typedef struct cpu_engine {
     sample_scratch scratch;
     /* activations, grown to the largest step */
     int rows_cap;
-    float *x, *h, *q, *k, *v, *att, *gate, *up, *logits_row;
+    float *x, *h, *q, *k, *v, *att, *gate, *up;
     int *row_seq, *row_pos;
+    float *scores; /* attention scores, [n_threads][scores_per_worker] */
+    int64_t scores_per_worker;
+    /* logits: which rows need them and where each goes */
+    int *lm_rows;
+    float **lm_dest;
+    float *lm_scratch; /* rows only sampled, not returned: [lm_scratch_rows][vocab] */
+    int lm_scratch_rows;
+    float *sample_row; /* a copy to sample from (sampling edits logits) */
 } cpu_engine;
 
 /* ---- thread pool ---- */
@@ -83,7 +101,7 @@ static void pool_run_share(struct pool *p, int index)
     int64_t per = (p->n + p->n_threads - 1) / p->n_threads;
     int64_t b = per * index, e = b + per < p->n ? b + per : p->n;
     if (b < e)
-        p->fn(p->ctx, b, e);
+        p->fn(p->ctx, index, b, e);
 }
 
 static void *pool_main(void *arg)
@@ -132,7 +150,7 @@ static int pool_init(struct pool *p, int n_threads)
 static void pool_for(struct pool *p, int64_t n, pool_fn fn, void *ctx)
 {
     if (p->n_threads <= 1 || n < 2) {
-        fn(ctx, 0, n);
+        fn(ctx, 0, 0, n);
         return;
     }
     pthread_mutex_lock(&p->mu);
@@ -162,6 +180,9 @@ static void pool_free(struct pool *p)
         pthread_join(p->workers[i].thread, NULL);
     free(p->workers);
     p->workers = NULL;
+    pthread_cond_destroy(&p->start);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->mu);
 }
 
 /* ---- operations ---- */
@@ -181,6 +202,18 @@ static float dot(const float *a, const float *b, int n)
     return r;
 }
 
+/* y += a * x; y (activations) and x (the KV cache) never overlap. Blocks of
+ * a fixed 8 so that GCC -O2 vectorizes (it skips loops of unknown length). */
+static void axpy(float *restrict y, float a, const float *restrict x, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            y[i + k] += a * x[i + k];
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     double ss = 0;
@@ -191,33 +224,67 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
         out[i] = x[i] * scale * w[i];
 }
 
+/*
+ * Linear layers keep W in panels of TILE outputs: panel t holds outputs
+ * t*TILE .. t*TILE+TILE-1 as wp[t][k][j] = W[t*TILE + j][k] (zero padded
+ * past the last output), so a panel is one contiguous stream. The inner loop
+ * runs along a panel's outputs:
+ *     acc[j] += x[r][k] * wp[t][k][j]   for k = 0, 1, ..., in-1
+ * so each output element is summed over k in ascending order with a single
+ * accumulator, whatever the rows, panel or thread: a sequence's numbers
+ * never depend on what shares its step. The compiler vectorizes across the
+ * panel without horizontal sums, and a panel stays in cache while all rows
+ * of the step go past it.
+ */
+enum { TILE = 16 };
+
 struct matmul_ctx {
-    float *y;       /* [rows][out] */
-    const float *x; /* [rows][in] */
-    const float *w; /* [out][in] */
+    float *y;             /* [rows][out] ... */
+    float *const *y_rows; /* ... or, when set, row r at y_rows[r] */
+    const float *x;       /* [rows][in] */
+    const float *wp;      /* panels, see above */
     int rows, in, out;
     int accumulate; /* y += instead of y = */
 };
 
-static void matmul_part(void *arg, int64_t begin, int64_t end)
+static void matmul_part(void *arg, int worker, int64_t panel_begin, int64_t panel_end)
 {
-    struct matmul_ctx *m = arg;
-    for (int64_t o = begin; o < end; o++) {
-        const float *wr = m->w + o * m->in;
+    (void)worker;
+    const struct matmul_ctx *m = arg;
+    for (int64_t t = panel_begin; t < panel_end; t++) {
+        const float *panel = m->wp + t * m->in * TILE;
+        int64_t o0 = t * TILE;
+        int width = m->out - o0 < TILE ? (int)(m->out - o0) : TILE;
         for (int r = 0; r < m->rows; r++) {
-            float v = dot(m->x + (int64_t)r * m->in, wr, m->in);
-            float *y = m->y + (int64_t)r * m->out + o;
-            *y = m->accumulate ? *y + v : v;
+            const float *x = m->x + (int64_t)r * m->in;
+            float acc[TILE] = {0};
+            for (int k = 0; k < m->in; k++) {
+                const float *w = panel + (int64_t)k * TILE;
+                float xk = x[k];
+                /* Unrolled, acc lives in vector registers (else GCC -O2
+                 * keeps it on the stack: half the speed). */
+#pragma GCC unroll 16
+                for (int j = 0; j < TILE; j++)
+                    acc[j] += xk * w[j];
+            }
+            float *y = (m->y_rows ? m->y_rows[r] : m->y + (int64_t)r * m->out) + o0;
+            for (int j = 0; j < width; j++)
+                y[j] = m->accumulate ? y[j] + acc[j] : acc[j];
         }
     }
 }
 
-/* y[rows][out] (+)= x[rows][in] W[out][in]^T, split over output columns. */
-static void matmul(cpu_engine *e, float *y, const float *x, const float *w, int rows, int in,
+static int64_t n_panels(int64_t out)
+{
+    return (out + TILE - 1) / TILE;
+}
+
+/* y[rows][out] (+)= x[rows][in] W^T with W in panels, split over panels. */
+static void matmul(cpu_engine *e, float *y, const float *x, const float *wp, int rows, int in,
                    int out, int accumulate)
 {
-    struct matmul_ctx m = {y, x, w, rows, in, out, accumulate};
-    pool_for(&e->pool, out, matmul_part, &m);
+    struct matmul_ctx m = {y, NULL, x, wp, rows, in, out, accumulate};
+    pool_for(&e->pool, n_panels(out), matmul_part, &m);
 }
 
 /* Rotate-half RoPE on one head vector at position pos. */
@@ -238,8 +305,10 @@ struct attn_ctx {
     int layer;
 };
 
-/* One (row, head) pair per index: causal attention over the row's sequence. */
-static void attn_part(void *arg, int64_t begin, int64_t end)
+/* One (row, head) pair per index: causal attention over the row's sequence.
+ * Each worker has its own scores buffer (e->scores, sized in cpu_step to the
+ * longest context of the step), so nothing is allocated here. */
+static void attn_part(void *arg, int worker, int64_t begin, int64_t end)
 {
     struct attn_ctx *a = arg;
     cpu_engine *e = a->e;
@@ -247,16 +316,11 @@ static void attn_part(void *arg, int64_t begin, int64_t end)
     int D = c->head_dim, nh = c->n_heads, group = c->n_heads / c->n_kv_heads;
     int kv_dim = c->n_kv_heads * D;
     float scale = 1.0f / sqrtf((float)D);
-    float *scores = NULL;
-    int scores_cap = 0;
+    float *scores = e->scores + (int64_t)worker * e->scores_per_worker;
     for (int64_t idx = begin; idx < end; idx++) {
         int r = (int)(idx / nh), h = (int)(idx % nh), kvh = h / group;
         struct cpu_seq *s = &e->seqs[e->row_seq[r]];
-        int pos = e->row_pos[r], n = pos + 1;
-        if (n > scores_cap) {
-            scores_cap = n * 2;
-            scores = realloc(scores, sizeof *scores * (size_t)scores_cap);
-        }
+        int pos = e->row_pos[r], n = pos + 1; /* causal: positions 0..pos */
         const float *q = e->q + (int64_t)r * nh * D + h * D;
         const float *K = s->k + (int64_t)a->layer * s->cap * kv_dim + kvh * D;
         const float *V = s->v + (int64_t)a->layer * s->cap * kv_dim + kvh * D;
@@ -273,14 +337,9 @@ static void attn_part(void *arg, int64_t begin, int64_t end)
         }
         float *out = e->att + (int64_t)r * nh * D + h * D;
         memset(out, 0, sizeof *out * (size_t)D);
-        for (int t = 0; t < n; t++) {
-            float p = (float)(scores[t] / sum);
-            const float *vr = V + (int64_t)t * kv_dim;
-            for (int d = 0; d < D; d++)
-                out[d] += p * vr[d];
-        }
+        for (int t = 0; t < n; t++)
+            axpy(out, (float)(scores[t] / sum), V + (int64_t)t * kv_dim, D);
     }
-    free(scores);
 }
 
 /* ---- memory ---- */
@@ -293,12 +352,27 @@ static float *to_f32(const model_tensor *t, int64_t n)
     return p;
 }
 
-static float *linear_f32(const model_linear *l)
+/* W [out][in] (row-major) into the panels matmul reads. */
+static float *to_panels(const float *w, int64_t out, int64_t in)
 {
-    float *p = malloc(sizeof *p * (size_t)(l->in_features * l->out_features));
-    if (p)
-        model_linear_to_f32(l, p);
-    return p;
+    float *wp = calloc((size_t)(n_panels(out) * TILE * in), sizeof *wp);
+    if (wp)
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t k = 0; k < in; k++)
+                wp[((o / TILE) * in + k) * TILE + o % TILE] = w[o * in + k];
+    return wp;
+}
+
+/* A linear layer in fp32 panels. */
+static float *linear_panels(const model_linear *l)
+{
+    float *w = malloc(sizeof *w * (size_t)(l->in_features * l->out_features));
+    if (!w)
+        return NULL;
+    model_linear_to_f32(l, w);
+    float *wp = to_panels(w, l->out_features, l->in_features);
+    free(w);
+    return wp;
 }
 
 static int grow_rows(cpu_engine *e, int rows)
@@ -324,7 +398,41 @@ static int grow_rows(cpu_engine *e, int rows)
     if (!(b = realloc(e->row_pos, sizeof *b * (size_t)cap)))
         return -1;
     e->row_pos = b;
+    if (!(b = realloc(e->lm_rows, sizeof *b * (size_t)cap)))
+        return -1;
+    e->lm_rows = b;
+    float **d = realloc(e->lm_dest, sizeof *d * (size_t)cap);
+    if (!d)
+        return -1;
+    e->lm_dest = d;
     e->rows_cap = cap;
+    return 0;
+}
+
+/* Room for attention scores over contexts of up to n_ctx positions. */
+static int grow_scores(cpu_engine *e, int64_t n_ctx)
+{
+    if (n_ctx <= e->scores_per_worker)
+        return 0;
+    int64_t per = n_ctx < 256 ? 256 : n_ctx * 2;
+    float *p = realloc(e->scores, sizeof *p * (size_t)(per * e->pool.n_threads));
+    if (!p)
+        return -1;
+    e->scores = p;
+    e->scores_per_worker = per;
+    return 0;
+}
+
+/* Room for n rows of logits that are sampled but not returned. */
+static int grow_lm_scratch(cpu_engine *e, int n)
+{
+    if (n <= e->lm_scratch_rows)
+        return 0;
+    float *p = realloc(e->lm_scratch, sizeof *p * (size_t)n * (size_t)e->c.vocab_size);
+    if (!p)
+        return -1;
+    e->lm_scratch = p;
+    e->lm_scratch_rows = n;
     return 0;
 }
 
@@ -340,9 +448,11 @@ static int seq_reserve(cpu_engine *e, struct cpu_seq *s, int more, errbuf *err)
                       (long long)e->kv_used, (long long)e->kv_cap, more);
     if (need <= s->cap)
         return 0;
-    int cap = s->cap ? s->cap : 64;
+    int64_t cap = s->cap ? s->cap : 64;
     while (cap < need)
         cap *= 2;
+    if (cap > e->kv_cap)
+        cap = need > e->kv_cap ? need : e->kv_cap; /* no sequence outgrows the cache */
     size_t kv_dim = (size_t)e->c.n_kv_heads * e->c.head_dim, L = (size_t)e->c.n_layers;
     float *k = malloc(sizeof *k * L * (size_t)cap * kv_dim);
     float *v = malloc(sizeof *v * L * (size_t)cap * kv_dim);
@@ -359,7 +469,7 @@ static int seq_reserve(cpu_engine *e, struct cpu_seq *s, int more, errbuf *err)
     free(s->v);
     s->k = k;
     s->v = v;
-    s->cap = cap;
+    s->cap = (int)cap;
     return 0;
 }
 
@@ -412,7 +522,7 @@ static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *s
         return -1;
     }
     size_t kv_dim = (size_t)e->c.n_kv_heads * e->c.head_dim;
-    for (size_t l = 0; l < (size_t)e->c.n_layers; l++) {
+    for (size_t l = 0; n_prefix > 0 && l < (size_t)e->c.n_layers; l++) {
         memcpy(s->k + l * s->cap * kv_dim, from->k + l * from->cap * kv_dim,
                sizeof(float) * n_prefix * kv_dim);
         memcpy(s->v + l * s->cap * kv_dim, from->v + l * from->cap * kv_dim,
@@ -423,22 +533,70 @@ static int cpu_seq_fork(eng *base, int src, int n_prefix, const sample_params *s
     return 0;
 }
 
-struct lm_ctx {
-    cpu_engine *e;
-    const int *rows; /* rows needing logits */
-    int n_rows;
-    float *out; /* [n_rows][vocab] */
-};
-
-static void lm_part(void *arg, int64_t begin, int64_t end)
+/* Whether row t of an item goes back to the caller as logits. */
+static int returns_row(const eng_item *it, int t)
 {
-    struct lm_ctx *l = arg;
-    cpu_engine *e = l->e;
-    int H = e->c.hidden_size, V = e->c.vocab_size;
-    for (int64_t o = begin; o < end; o++) {
-        const float *w = e->lm_head + o * H;
-        for (int i = 0; i < l->n_rows; i++)
-            l->out[(int64_t)i * V + o] = dot(e->h + (int64_t)l->rows[i] * H, w, H);
+    return it->logits == ENG_LOGITS_ALL || (t == it->n_tokens - 1 && it->logits == ENG_LOGITS_LAST);
+}
+
+static int append_sampled(struct cpu_seq *s, int32_t tok)
+{
+    if (s->n_sampled == s->sampled_cap) {
+        int cap = s->sampled_cap ? s->sampled_cap * 2 : 64;
+        int32_t *p = realloc(s->sampled, sizeof *p * (size_t)cap);
+        if (!p)
+            return -1;
+        s->sampled = p;
+        s->sampled_cap = cap;
+    }
+    s->sampled[s->n_sampled++] = tok;
+    return 0;
+}
+
+/* The decoder layers over all rows of the step; K and V of every row are
+ * written to its sequence's cache before attention, so a prefill chunk
+ * attends to its own earlier rows. */
+static void forward_layers(cpu_engine *e, int rows)
+{
+    const model_config *c = &e->c;
+    int H = c->hidden_size, D = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    int Q = nh * D, KV = nkv * D, I = c->intermediate_size;
+    for (int l = 0; l < c->n_layers; l++) {
+        struct cpu_layer *L = &e->layers[l];
+        for (int i = 0; i < rows; i++)
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H, c->rms_norm_eps);
+        matmul(e, e->q, e->h, L->wq, rows, H, Q, 0);
+        matmul(e, e->k, e->h, L->wk, rows, H, KV, 0);
+        matmul(e, e->v, e->h, L->wv, rows, H, KV, 0);
+        for (int i = 0; i < rows; i++) {
+            for (int h = 0; h < nh; h++) {
+                float *q = e->q + (int64_t)i * Q + h * D;
+                rmsnorm(q, q, L->q_norm, D, c->rms_norm_eps);
+                rope(e, q, e->row_pos[i]);
+            }
+            for (int h = 0; h < nkv; h++) {
+                float *k = e->k + (int64_t)i * KV + h * D;
+                rmsnorm(k, k, L->k_norm, D, c->rms_norm_eps);
+                rope(e, k, e->row_pos[i]);
+            }
+            struct cpu_seq *s = &e->seqs[e->row_seq[i]];
+            int64_t at = ((int64_t)l * s->cap + e->row_pos[i]) * KV;
+            memcpy(s->k + at, e->k + (int64_t)i * KV, sizeof(float) * KV);
+            memcpy(s->v + at, e->v + (int64_t)i * KV, sizeof(float) * KV);
+        }
+        struct attn_ctx actx = {e, l};
+        pool_for(&e->pool, (int64_t)rows * nh, attn_part, &actx);
+        matmul(e, e->x, e->att, L->wo, rows, Q, H, 1);
+
+        for (int i = 0; i < rows; i++)
+            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H, c->rms_norm_eps);
+        matmul(e, e->gate, e->h, L->wgate, rows, H, I, 0);
+        matmul(e, e->up, e->h, L->wup, rows, H, I, 0);
+        for (int64_t i = 0; i < (int64_t)rows * I; i++) {
+            float g = e->gate[i];
+            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i]; /* silu(gate) * up */
+        }
+        matmul(e, e->x, e->gate, L->wdown, rows, I, H, 1);
     }
 }
 
@@ -447,32 +605,44 @@ static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits
 {
     cpu_engine *e = (cpu_engine *)base;
     const model_config *c = &e->c;
-    int H = c->hidden_size, D = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    int Q = nh * D, KV = nkv * D, I = c->intermediate_size, V = c->vocab_size;
+    int H = c->hidden_size, V = c->vocab_size;
 
-    /* Validate everything before touching any state. */
-    int rows = 0;
-    int64_t more = 0;
+    /* Validate everything before touching any state, so a refused step
+     * leaves every sequence as it was. */
+    int rows = 0, n_returned = 0, n_sample_only = 0;
+    int64_t longest = 0;
     for (int i = 0; i < n_items; i++) {
         const eng_item *it = &items[i];
         if (it->seq < 0 || it->seq >= e->max_seqs || !e->seqs[it->seq].used)
-            return errorf(err, "step: item %d names no live sequence", i);
-        if (it->n_tokens < 1)
-            return errorf(err, "step: item %d has no tokens", i);
+            return errorf(err, "step: item %d names sequence %d, which is not alive", i, it->seq);
+        if (it->n_tokens < 1 || !it->tokens)
+            return errorf(err, "step: item %d (sequence %d) has no tokens", i, it->seq);
         for (int k = 0; k < i; k++)
             if (items[k].seq == it->seq)
-                return errorf(err, "step: sequence %d appears twice", it->seq);
+                return errorf(err, "step: sequence %d appears twice (items %d and %d)", it->seq, k,
+                              i);
         for (int t = 0; t < it->n_tokens; t++)
             if (it->tokens[t] < 0 || it->tokens[t] >= V)
-                return errorf(err, "step: token id %d out of range (vocab %d)", it->tokens[t], V);
+                return errorf(err, "step: item %d token %d: id %d out of range (vocab %d)", i, t,
+                              (int)it->tokens[t], V);
+        if (rows > INT32_MAX - it->n_tokens)
+            return errorf(err, "step: too many tokens in one step");
         rows += it->n_tokens;
-        more += it->n_tokens;
+        n_returned += it->logits == ENG_LOGITS_ALL ? it->n_tokens : it->logits == ENG_LOGITS_LAST;
+        n_sample_only += it->sample && !returns_row(it, it->n_tokens - 1);
+        int64_t ctx = (int64_t)e->seqs[it->seq].n + it->n_tokens;
+        if (ctx > longest)
+            longest = ctx;
     }
-    if (e->kv_used + more > e->kv_cap)
-        return errorf(err, "KV cache full: %lld of %lld tokens in use, %lld more asked",
-                      (long long)e->kv_used, (long long)e->kv_cap, (long long)more);
-    if (grow_rows(e, rows))
-        return errorf(err, "out of memory for activations");
+    if (n_returned && !logits_out)
+        return errorf(err, "step: logits asked for but no logits buffer given");
+    if (e->kv_used + rows > e->kv_cap)
+        return errorf(err,
+                      "KV cache full: %lld of %lld tokens in use, %d more asked (raise "
+                      "max_kv_tokens or run fewer sequences at once)",
+                      (long long)e->kv_used, (long long)e->kv_cap, rows);
+    if (grow_rows(e, rows) || grow_scores(e, longest) || grow_lm_scratch(e, n_sample_only))
+        return errorf(err, "out of memory for the activations of a %d-token step", rows);
     for (int i = 0; i < n_items; i++)
         if (seq_reserve(e, &e->seqs[items[i].seq], items[i].n_tokens, err))
             return -1;
@@ -488,119 +658,66 @@ static int cpu_step(eng *base, const eng_item *items, int n_items, float *logits
             e->row_pos[r] = s->n + t;
         }
     }
-
-    for (int l = 0; l < c->n_layers; l++) {
-        struct cpu_layer *L = &e->layers[l];
-        for (int i = 0; i < rows; i++)
-            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->attn_norm, H,
-                    c->rms_norm_eps);
-        matmul(e, e->q, e->h, L->wq, rows, H, Q, 0);
-        matmul(e, e->k, e->h, L->wk, rows, H, KV, 0);
-        matmul(e, e->v, e->h, L->wv, rows, H, KV, 0);
-        for (int i = 0; i < rows; i++) {
-            for (int h = 0; h < nh; h++) {
-                float *q = e->q + (int64_t)i * Q + h * D;
-                rmsnorm(q, q, L->q_norm, D, c->rms_norm_eps);
-                rope(e, q, e->row_pos[i]);
-            }
-            struct cpu_seq *s = &e->seqs[e->row_seq[i]];
-            float *kc = s->k + ((int64_t)l * s->cap + e->row_pos[i]) * KV;
-            float *vc = s->v + ((int64_t)l * s->cap + e->row_pos[i]) * KV;
-            for (int h = 0; h < nkv; h++) {
-                float *k = e->k + (int64_t)i * KV + h * D;
-                rmsnorm(k, k, L->k_norm, D, c->rms_norm_eps);
-                rope(e, k, e->row_pos[i]);
-            }
-            memcpy(kc, e->k + (int64_t)i * KV, sizeof(float) * KV);
-            memcpy(vc, e->v + (int64_t)i * KV, sizeof(float) * KV);
-        }
-        struct attn_ctx actx = {e, l};
-        pool_for(&e->pool, (int64_t)rows * nh, attn_part, &actx);
-        matmul(e, e->x, e->att, L->wo, rows, Q, H, 1);
-
-        for (int i = 0; i < rows; i++)
-            rmsnorm(e->h + (int64_t)i * H, e->x + (int64_t)i * H, L->mlp_norm, H,
-                    c->rms_norm_eps);
-        matmul(e, e->gate, e->h, L->wgate, rows, H, I, 0);
-        matmul(e, e->up, e->h, L->wup, rows, H, I, 0);
-        for (int64_t i = 0; i < (int64_t)rows * I; i++) {
-            float g = e->gate[i];
-            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i];
-        }
-        matmul(e, e->x, e->gate, L->wdown, rows, I, H, 1);
-    }
+    forward_layers(e, rows);
     for (int i = 0; i < n_items; i++) {
         e->seqs[items[i].seq].n += items[i].n_tokens;
         e->kv_used += items[i].n_tokens;
     }
 
-    /* Logits only for the rows that need them. */
-    int *need = malloc(sizeof *need * (size_t)rows);
-    int n_need = 0;
+    /* Logits only for the rows that need them: those returned go straight
+     * into the caller's buffer, those only sampled into scratch. */
+    int n_lm = 0, n_out = 0, n_scratch = 0;
     r = 0;
     for (int i = 0; i < n_items; i++) {
         const eng_item *it = &items[i];
         for (int t = 0; t < it->n_tokens; t++, r++) {
             int last = t == it->n_tokens - 1;
-            if (it->logits == ENG_LOGITS_ALL || (last && (it->logits == ENG_LOGITS_LAST || it->sample)))
-                need[n_need++] = r;
-        }
-    }
-    for (int i = 0; i < n_need; i++)
-        rmsnorm(e->h + (int64_t)need[i] * H, e->x + (int64_t)need[i] * H, e->final_norm, H,
-                c->rms_norm_eps);
-    float *lg = malloc(sizeof *lg * (size_t)(n_need ? n_need : 1) * V);
-    if (!need || !lg) {
-        free(need);
-        free(lg);
-        return errorf(err, "out of memory for logits");
-    }
-    struct lm_ctx lctx = {e, need, n_need, lg};
-    pool_for(&e->pool, V, lm_part, &lctx);
-
-    /* Hand out logits and samples in item order. */
-    int k = 0, n_out = 0, n_samp = 0;
-    r = 0;
-    for (int i = 0; i < n_items; i++) {
-        const eng_item *it = &items[i];
-        int first_row = k;
-        for (int t = 0; t < it->n_tokens; t++, r++) {
-            int last = t == it->n_tokens - 1;
-            int has = it->logits == ENG_LOGITS_ALL || (last && (it->logits == ENG_LOGITS_LAST || it->sample));
-            if (!has)
+            if (returns_row(it, t))
+                e->lm_dest[n_lm] = logits_out + (int64_t)n_out++ * V;
+            else if (last && it->sample)
+                e->lm_dest[n_lm] = e->lm_scratch + (int64_t)n_scratch++ * V;
+            else
                 continue;
-            if (logits_out && (it->logits == ENG_LOGITS_ALL || (last && it->logits == ENG_LOGITS_LAST)))
-                memcpy(logits_out + (int64_t)n_out++ * V, lg + (int64_t)k * V, sizeof(float) * V);
-            k++;
-        }
-        (void)first_row;
-        if (it->sample) {
-            struct cpu_seq *s = &e->seqs[it->seq];
-            float *row = lg + (int64_t)(k - 1) * V;
-            int n_valid = e->base.opts.n_valid_vocab > 0 && e->base.opts.n_valid_vocab < V
-                              ? e->base.opts.n_valid_vocab
-                              : V;
-            int32_t tok = sample_token(&s->sp, row, n_valid, s->sampled, s->n_sampled,
-                                       (uint64_t)s->n_sampled, &e->scratch);
-            if (s->n_sampled == s->sampled_cap) {
-                int cap = s->sampled_cap ? s->sampled_cap * 2 : 64;
-                int32_t *p = realloc(s->sampled, sizeof *p * (size_t)cap);
-                if (!p) {
-                    free(need);
-                    free(lg);
-                    return errorf(err, "out of memory");
-                }
-                s->sampled = p;
-                s->sampled_cap = cap;
-            }
-            s->sampled[s->n_sampled++] = tok;
-            if (sampled)
-                sampled[n_samp] = tok;
-            n_samp++;
+            e->lm_rows[n_lm++] = r;
+            rmsnorm(e->h + (int64_t)r * H, e->x + (int64_t)r * H, e->final_norm, H,
+                    c->rms_norm_eps);
         }
     }
-    free(need);
-    free(lg);
+    if (n_lm) {
+        /* Pack the normalized rows to the front of h (lm_rows ascend, so
+         * no source is overwritten before it is read), then one matmul
+         * over the vocabulary writes each row where it belongs. */
+        for (int i = 0; i < n_lm; i++)
+            memmove(e->h + (int64_t)i * H, e->h + (int64_t)e->lm_rows[i] * H, sizeof(float) * H);
+        struct matmul_ctx m = {NULL, e->lm_dest, e->h, e->lm_head_p, n_lm, H, V, 0};
+        pool_for(&e->pool, n_panels(V), matmul_part, &m);
+    }
+
+    /* Sample in item order; each item's last logits row is the last one
+     * assigned to it above, which is lm_dest[k - 1] after its rows. */
+    int k = 0, n_samp = 0;
+    int n_valid = e->base.opts.n_valid_vocab;
+    for (int i = 0; i < n_items; i++) {
+        const eng_item *it = &items[i];
+        for (int t = 0; t < it->n_tokens; t++)
+            k += returns_row(it, t) || (t == it->n_tokens - 1 && it->sample);
+        if (!it->sample)
+            continue;
+        struct cpu_seq *s = &e->seqs[it->seq];
+        float *row = e->lm_dest[k - 1];
+        if (returns_row(it, it->n_tokens - 1)) {
+            /* The caller keeps the raw logits; the sampler edits its copy. */
+            memcpy(e->sample_row, row, sizeof(float) * V);
+            row = e->sample_row;
+        }
+        int32_t tok = sample_token(&s->sp, row, n_valid, s->sampled, s->n_sampled,
+                                   (uint64_t)s->n_sampled, &e->scratch);
+        if (append_sampled(s, tok))
+            return errorf(err, "out of memory for the sampled history of sequence %d", it->seq);
+        if (sampled)
+            sampled[n_samp] = tok;
+        n_samp++;
+    }
     return 0;
 }
 
@@ -617,14 +734,13 @@ static void cpu_close(eng *base)
     if (e->layers)
         for (int l = 0; l < e->c.n_layers; l++) {
             struct cpu_layer *L = &e->layers[l];
-            float *ps[] = {L->attn_norm, L->q_norm, L->k_norm, L->mlp_norm, L->wq, L->wk,
-                           L->wv, L->wo, L->wgate, L->wup, L->wdown};
+            float *ps[] = {L->attn_norm, L->q_norm, L->k_norm, L->mlp_norm, L->wq,   L->wk,
+                           L->wv,        L->wo,     L->wgate,  L->wup,      L->wdown};
             for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
                 free(ps[i]);
         }
     free(e->layers);
-    if (e->lm_head != e->embed)
-        free(e->lm_head);
+    free(e->lm_head_p);
     free(e->embed);
     free(e->final_norm);
     free(e->inv_freq);
@@ -641,6 +757,11 @@ static void cpu_close(eng *base)
         free(bufs[i]);
     free(e->row_seq);
     free(e->row_pos);
+    free(e->scores);
+    free(e->lm_rows);
+    free(e->lm_dest);
+    free(e->lm_scratch);
+    free(e->sample_row);
     free(e);
 }
 
@@ -666,30 +787,53 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
     e->m = m;
     e->c = m->cfg;
     const model_config *c = &e->c;
+    if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads || c->head_dim < 2 || c->head_dim % 2) {
+        errorf(err,
+               "%s: the CPU engine needs heads divisible by KV heads and an even "
+               "head_dim (have %d heads, %d KV heads, head_dim %d)",
+               m->dir ? m->dir : "model", c->n_heads, c->n_kv_heads, c->head_dim);
+        free(e);
+        return -1;
+    }
     int n_threads = opts->n_threads > 0 ? opts->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n_threads < 1)
         n_threads = 1;
+    if (n_threads > 256)
+        n_threads = 256;
     e->max_seqs = opts->max_seqs > 0 ? opts->max_seqs : 64;
     /* Default cache: 131072 tokens (a full prefill batch) or 4 GiB of fp32
      * K and V, whichever is smaller. */
     int64_t per_token = (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * sizeof(float);
     int64_t by_memory = ((int64_t)4 << 30) / per_token;
     e->kv_cap = opts->max_kv_tokens > 0 ? opts->max_kv_tokens
-                : by_memory < 131072 ? by_memory : 131072;
+                : by_memory < 131072    ? by_memory
+                                        : 131072;
     e->base.opts.backend = ENG_BACKEND_CPU;
     e->base.opts.n_threads = n_threads;
     e->base.opts.max_seqs = e->max_seqs;
     e->base.opts.max_kv_tokens = e->kv_cap;
     if (e->base.opts.max_step_tokens <= 0)
-        e->base.opts.max_step_tokens = 2048; /* bounds activation memory */
+        e->base.opts.max_step_tokens = 2048; /* advice to callers: bounds activation memory */
+    if (e->base.opts.n_valid_vocab <= 0 || e->base.opts.n_valid_vocab > c->vocab_size)
+        e->base.opts.n_valid_vocab = c->vocab_size;
     e->seqs = calloc((size_t)e->max_seqs, sizeof *e->seqs);
     e->layers = calloc((size_t)c->n_layers, sizeof *e->layers);
     e->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
     int64_t H = c->hidden_size, D = c->head_dim;
     e->embed = to_f32(&m->embed, (int64_t)c->vocab_size * H);
-    e->lm_head = c->tie_word_embeddings ? e->embed : to_f32(&m->lm_head, (int64_t)c->vocab_size * H);
+    if (c->tie_word_embeddings) {
+        if (e->embed)
+            e->lm_head_p = to_panels(e->embed, c->vocab_size, H);
+    } else {
+        float *lm_head = to_f32(&m->lm_head, (int64_t)c->vocab_size * H);
+        if (lm_head)
+            e->lm_head_p = to_panels(lm_head, c->vocab_size, H);
+        free(lm_head);
+    }
     e->final_norm = to_f32(&m->final_norm, H);
-    int ok = e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head && e->final_norm;
+    e->sample_row = malloc(sizeof(float) * (size_t)c->vocab_size);
+    int ok = e->sample_row && e->seqs && e->layers && e->inv_freq && e->embed && e->lm_head_p &&
+             e->final_norm;
     for (int l = 0; ok && l < c->n_layers; l++) {
         const model_layer *ml = &m->layers[l];
         struct cpu_layer *L = &e->layers[l];
@@ -697,13 +841,13 @@ int cpu_engine_open(eng **out, const model *m, const eng_options *opts, errbuf *
         L->mlp_norm = to_f32(&ml->mlp_norm, H);
         L->q_norm = to_f32(&ml->q_norm, D);
         L->k_norm = to_f32(&ml->k_norm, D);
-        L->wq = linear_f32(&ml->q);
-        L->wk = linear_f32(&ml->k);
-        L->wv = linear_f32(&ml->v);
-        L->wo = linear_f32(&ml->o);
-        L->wgate = linear_f32(&ml->gate);
-        L->wup = linear_f32(&ml->up);
-        L->wdown = linear_f32(&ml->down);
+        L->wq = linear_panels(&ml->q);
+        L->wk = linear_panels(&ml->k);
+        L->wv = linear_panels(&ml->v);
+        L->wo = linear_panels(&ml->o);
+        L->wgate = linear_panels(&ml->gate);
+        L->wup = linear_panels(&ml->up);
+        L->wdown = linear_panels(&ml->down);
         ok = L->attn_norm && L->mlp_norm && L->q_norm && L->k_norm && L->wq && L->wk && L->wv &&
              L->wo && L->wgate && L->wup && L->wdown;
     }

@@ -1,5 +1,12 @@
 /*
  * engine.c - backend choice and the thin wrappers of engine.h.
+ *
+ * The CUDA backend is referenced only when configure built it (HAVE_CUDA);
+ * cuda/cuda_engine.h then provides
+ *     int cuda_engine_open(eng **out, const model *m, const eng_options *opts,
+ *                          errbuf *err);
+ *     int cuda_engine_available(void);   (1 when a usable GPU is present)
+ * A CPU-only build asked for CUDA says so instead of failing later.
  */
 #include "config.h"
 
@@ -48,7 +55,10 @@ int eng_seq_fork(eng *e, int src, int n_prefix, const sample_params *sp, int *se
     return e->vt->seq_fork(e, src, n_prefix, sp, seq, err);
 }
 
-void eng_seq_release(eng *e, int seq) { e->vt->seq_release(e, seq); }
+void eng_seq_release(eng *e, int seq)
+{
+    e->vt->seq_release(e, seq);
+}
 
 int eng_step(eng *e, const eng_item *items, int n_items, float *logits, int32_t *sampled,
              errbuf *err)
@@ -56,4 +66,7 @@ int eng_step(eng *e, const eng_item *items, int n_items, float *logits, int32_t 
     return e->vt->step(e, items, n_items, logits, sampled, err);
 }
 
-int64_t eng_kv_free_tokens(const eng *e) { return e->vt->kv_free_tokens(e); }
+int64_t eng_kv_free_tokens(const eng *e)
+{
+    return e->vt->kv_free_tokens(e);
+}

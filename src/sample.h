@@ -31,11 +31,15 @@ void sample_params_greedy(sample_params *sp);
 /* A uniform draw in [0, 1) from (seed, counter): splitmix64 of both. */
 double sample_uniform(uint64_t seed, uint64_t counter);
 
-/* Scratch memory for one call, sized for vocab; reused across calls. */
+/* Scratch memory for one call, sized for vocab; reused across calls. Owned:
+ * sample_scratch_init allocates, sample_scratch_free frees. */
 typedef struct sample_scratch {
     float *probs;
     int32_t *idx;
     int vocab;
+    /* private: the radix sort of the candidates */
+    uint32_t *keys, *keys_tmp;
+    int32_t *idx_tmp;
 } sample_scratch;
 
 int sample_scratch_init(sample_scratch *s, int vocab);
