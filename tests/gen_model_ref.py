@@ -107,6 +107,23 @@ MODELS = [
                                                  "quant_method": "awq", "version": "gemm",
                                                  "zero_point": True}),
          prompt_lens=[9, 30], seed=4, awq=True),
+    # The CUDA kernels take head_dim 64 or 128 (every Qwen3 model uses 128):
+    # these run the same checks on shapes both engines accept.
+    dict(name="gpu_bf16_untied_d128",
+         desc="bf16, untied, GQA 2:1, head_dim 128 with hidden 128 (heads x head_dim 256)",
+         config=base_config(vocab_size=1000, hidden_size=128, intermediate_size=256,
+                            num_hidden_layers=2, num_attention_heads=2,
+                            num_key_value_heads=1, head_dim=128),
+         prompt_lens=[7, 33], seed=6),
+    dict(name="gpu_bf16_tied_yarn_d64",
+         desc="bf16, tied, GQA 4:2, head_dim 64 with hidden 96, YaRN factor 4 over 32",
+         config=base_config(vocab_size=512, hidden_size=96, intermediate_size=192,
+                            num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=64, tie_word_embeddings=True,
+                            rope_theta=10000.0, max_position_embeddings=128,
+                            rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                          "original_max_position_embeddings": 32}),
+         prompt_lens=[40, 70], seed=7),
     dict(name="sharded",
          desc="2 shards + model.safetensors.index.json; transformers-5 config form "
               "(dtype, rope_parameters), eos list",

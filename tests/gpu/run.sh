@@ -62,6 +62,8 @@ do_sanitize() {
 }
 
 do_refs() {
+    # Every reference checkpoint: the CUDA engine's logits against HF's
+    # (reference.json, fp32 on the same weights) and against the CPU engine.
     if [ ! -d "$refs" ]; then
         echo "no reference checkpoints in $refs"
         return
@@ -69,23 +71,42 @@ do_refs() {
     for d in "$refs"/*/; do
         [ -f "$d/config.json" ] || continue
         name=$(basename "$d")
-        ids=$(sed -n 's/.*"input_ids": *\[\([0-9, ]*\)\].*/\1/p' "$d/reference.json" 2>/dev/null | head -n 1 | tr -d ' ')
-        [ -n "$ids" ] || ids=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
+        hd=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('head_dim', 128))" "$d/config.json")
         step "reference $name"
-        "$bin" score --model "$d" --ids "$ids" --backend cpu --logits-out "$log/$name.cpu.f32" >"$log/$name.cpu.json" || { fail "$name: cpu score"; continue; }
-        "$bin" score --model "$d" --ids "$ids" --backend cuda --logits-out "$log/$name.cuda.f32" >"$log/$name.cuda.json" || { fail "$name: cuda score"; continue; }
-        python3 - "$log/$name.cpu.f32" "$log/$name.cuda.f32" "$d/config.json" <<'PY' || fail "$name: logits differ"
-import json, struct, sys, array
-a = array.array('f'); a.frombytes(open(sys.argv[1], 'rb').read())
-b = array.array('f'); b.frombytes(open(sys.argv[2], 'rb').read())
-V = json.load(open(sys.argv[3]))['vocab_size']
-n = len(a) // V
-err = max(abs(x - y) for x, y in zip(a, b)); mx = max(abs(x) for x in a)
+        if [ "$hd" != 64 ] && [ "$hd" != 128 ]; then
+            echo "SKIP: head_dim $hd (the CUDA kernels take 64 or 128, as Qwen3 models use)"
+            continue
+        fi
+        ncase=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['cases']))" "$d/reference.json")
+        k=0
+        while [ $k -lt "$ncase" ]; do
+            ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['cases'][int(sys.argv[2])]['ids'])))" "$d/reference.json" $k)
+            "$bin" score --model "$d" --ids "$ids" --backend cpu --logits-out "$log/$name.$k.cpu.f32" >/dev/null || { fail "$name: cpu score"; break; }
+            "$bin" score --model "$d" --ids "$ids" --backend cuda --logits-out "$log/$name.$k.cuda.f32" >/dev/null || { fail "$name: cuda score"; break; }
+            python3 - "$d" $k "$log/$name.$k.cpu.f32" "$log/$name.$k.cuda.f32" <<'PY' || fail "$name case $k: logits differ"
+import json, sys, array, os
+d, k = sys.argv[1], int(sys.argv[2])
+ref = json.load(open(os.path.join(d, "reference.json")))
+case, V = ref["cases"][k], ref["vocab"]
+def load(p):
+    a = array.array('f'); a.frombytes(open(p, 'rb').read()); return a
+hf, cpu, cuda = load(os.path.join(d, case["logits_file"])), load(sys.argv[3]), load(sys.argv[4])
+n = len(hf) // V
+mx = max(abs(x) for x in hf)
+e_hf = max(abs(x - y) for x, y in zip(hf, cuda)); e_cpu = max(abs(x - y) for x, y in zip(cpu, cuda))
 am = lambda v, p: max(range(V), key=lambda i: v[p * V + i])
-agree = sum(am(a, p) == am(b, p) for p in range(n))
-print(f"max |cuda - cpu| = {err:.4g} of max |logit| {mx:.4g} ({err / mx:.2e} relative); argmax agrees at {agree}/{n}")
-sys.exit(0 if err / mx < 2e-2 else 1)
+agree = sum(am(hf, p) == am(cuda, p) for p in range(n))
+print(f"case {k}: {n} positions; max |cuda - hf| {e_hf:.4g}, |cuda - cpu| {e_cpu:.4g} of max |logit| {mx:.4g} ({e_hf / mx:.2e} relative); argmax agrees {agree}/{n}")
+sys.exit(0 if e_hf / mx < 2e-2 else 1)
 PY
+            k=$((k + 1))
+        done
+        # Greedy continuation of case 0 against HF's.
+        ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['cases'][0]['ids'])))" "$d/reference.json")
+        want=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['cases'][0]['greedy'])" "$d/reference.json" | tr -d ' ')
+        n=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['cases'][0]['greedy']))" "$d/reference.json")
+        got=$("$bin" generate --model "$d" --ids "$ids" --max-new-tokens "$n" --ignore-eos --backend cuda 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['ids'])" | tr -d ' ')
+        [ "$got" = "$want" ] && echo "greedy: $got (HF $want) equal" || fail "$name: greedy $got, HF $want"
     done
 }
 
