@@ -36,6 +36,9 @@
 #include "scheduler.h"
 #include "think.h"
 #include "tok.h"
+#ifdef HAVE_CUDA
+#include "cuda_engine.h"
+#endif
 
 static volatile sig_atomic_t stop_flag;
 
@@ -59,6 +62,7 @@ struct run {
     ledger_pending_iter *it;
     int64_t docs_total; /* pending when scheduling began */
     int64_t docs_done, docs_failed, completion_tokens, prompt_tokens;
+    double finish_seconds; /* decoding, splitting, results line + ledger commit */
     progress prog;
     errbuf *err;
 };
@@ -290,6 +294,7 @@ static int doc_done(void *ctx, const sched_doc *d, const sched_result *res, errb
 {
     struct run *r = ctx;
     struct pending_user *u = d->user;
+    double t0 = sched_now();
     strbuf text = STRBUF_INIT;
     ledger_output o = {.run_id = r->run_id, .completion_tokens = res->n_ids, .prompt_tokens = d->n_tokens,
                        .seconds = res->seconds, .thinking_truncated = res->thinking_truncated};
@@ -319,6 +324,7 @@ static int doc_done(void *ctx, const sched_doc *d, const sched_result *res, errb
     think_parts_free(&parts);
     sb_release(&text);
     free_user(u);
+    r->finish_seconds += sched_now() - t0;
     return rc;
 }
 
@@ -342,6 +348,8 @@ static void usage(FILE *f)
             "appends each result to the job's JSONL as it finishes. A killed run resumes\n"
             "where it stopped; re-running over the same inputs does no work.\n\n"
             "  --backend, --threads, --max-run-time, --progress  override the job's runtime\n"
+            "  --synthetic-model qwen3-14b  benchmark only: random AWQ weights in Qwen3-14B\n"
+            "                   shapes built on the GPU instead of the job's model (CUDA)\n"
             "\nexit codes: 0 all done; 1 error; 2 configuration error; 3 finished, some\n"
             "documents failed (see `qwen3-batch status`); 4 stopped by the time limit with\n"
             "work left; 5 another run holds the ledger; 6 interrupted (SIGINT/SIGTERM).\n");
@@ -353,9 +361,10 @@ int cmd_run(int argc, char **argv)
                                          {"threads", required_argument, 0, 't'},
                                          {"max-run-time", required_argument, 0, 'T'},
                                          {"progress", required_argument, 0, 'p'},
+                                         {"synthetic-model", required_argument, 0, 'S'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *backend = NULL, *max_time = NULL, *prog_mode = NULL;
+    const char *backend = NULL, *max_time = NULL, *prog_mode = NULL, *synthetic = NULL;
     int threads = -1, c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -363,6 +372,7 @@ int cmd_run(int argc, char **argv)
         case 't': threads = atoi(optarg); break;
         case 'T': max_time = optarg; break;
         case 'p': prog_mode = optarg; break;
+        case 'S': synthetic = optarg; break;
         case 'h': usage(stdout); return EXIT_OK;
         default: usage(stderr); return EXIT_USAGE;
         }
@@ -422,9 +432,25 @@ int cmd_run(int argc, char **argv)
         rc = EXIT_USAGE;
         goto out;
     }
-    if (tok_open(&r.t, j.tokenizer_dir, &err) || model_open(&m, j.model_dir, &err) ||
-        job_config_hash(&j, r.config_hash, &err))
+    if (tok_open(&r.t, j.tokenizer_dir, &err))
         goto out;
+    if (synthetic) {
+        /* Benchmark mode: no model files. The ledger key covers the job's
+         * settings and the synthetic model's name. */
+        if (strcmp(synthetic, "qwen3-14b")) {
+            errorf(&err, "--synthetic-model: only qwen3-14b is known");
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        model_config_qwen3_14b(&m.cfg);
+        strbuf st = STRBUF_INIT;
+        job_settings_text(&j, &st);
+        sb_adds(&st, "\nmodel: synthetic qwen3-14b\n");
+        sha256_hex(st.buf, st.len, r.config_hash);
+        sb_release(&st);
+    } else if (model_open(&m, j.model_dir, &err) || job_config_hash(&j, r.config_hash, &err)) {
+        goto out;
+    }
     r.max_context = j.max_context < m.cfg.max_position_embeddings ? j.max_context
                                                                   : m.cfg.max_position_embeddings;
     if (out_open(&r.o, j.jsonl_path, r.l, (enum out_format)j.output_format, j.include_reasoning,
@@ -437,8 +463,17 @@ int cmd_run(int argc, char **argv)
                       .gpu_memory_budget = j.gpu_memory, .kv_type = j.kv_cache,
                       .max_seqs = j.max_seqs > 0 ? j.max_seqs : 64,
                       .n_valid_vocab = tok_vocab_size(r.t)};
-    if (eng_open(&e, &m, &eo, &err))
+    if (synthetic) {
+#ifdef HAVE_CUDA
+        if (cuda_engine_open_synthetic(&e, &m.cfg, &eo, 1, &err))
+            goto out;
+#else
+        errorf(&err, "--synthetic-model needs the CUDA backend, and this build has none");
         goto out;
+#endif
+    } else if (eng_open(&e, &m, &eo, &err)) {
+        goto out;
+    }
     if (ledger_run_begin(r.l, r.config_hash, e->backend_name, PACKAGE_VERSION, &r.run_id, &err))
         goto out;
 
@@ -497,6 +532,7 @@ int cmd_run(int argc, char **argv)
     };
     sched_source src = {.ctx = &r, .next = next_doc, .done = doc_done, .progress = on_progress};
     sched_stats st;
+    double t_sched = sched_now();
     int srs = sched_run(e, &so, &src, &st, &err);
     progress_counts pc = {.docs_total = r.docs_total, .docs_done = r.docs_done,
                           .docs_failed = r.docs_failed, .prompt_tokens = st.prompt_tokens,
@@ -527,11 +563,13 @@ int cmd_run(int argc, char **argv)
     printf("{\"event\":\"summary\",\"exit_code\":%d,\"docs_read\":%lld,\"docs_new\":%lld,"
            "\"docs_finished\":%lld,\"docs_failed\":%lld,\"failed_at_ingest\":%lld,"
            "\"prompt_tokens\":%lld,\"reused_prefix_tokens\":%lld,\"generated_tokens\":%lld,"
-           "\"seconds\":%.3f,\"engine_seconds\":%.3f,\"ledger_done\":%lld,"
+           "\"seconds\":%.3f,\"startup_ingest_seconds\":%.3f,\"engine_seconds\":%.3f,"
+           "\"finish_seconds\":%.3f,\"ledger_done\":%lld,"
            "\"ledger_failed\":%lld,\"ledger_pending\":%lld}\n",
            rc, (long long)r.seen, (long long)r.added, (long long)r.docs_done,
            (long long)r.docs_failed, (long long)r.failed_ingest, (long long)st.prompt_tokens,
-           (long long)st.reused_tokens, (long long)st.generated_tokens, wall, st.step_seconds,
+           (long long)st.reused_tokens, (long long)st.generated_tokens, wall, t_sched - t_start,
+           st.step_seconds, r.finish_seconds,
            (long long)counts.done, (long long)counts.failed, (long long)counts.pending);
     fflush(stdout);
 out:
