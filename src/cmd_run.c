@@ -26,6 +26,7 @@
 
 #include "chat.h"
 #include "cli.h"
+#include "cmd_util.h"
 #include "engine.h"
 #include "ingest.h"
 #include "job.h"
@@ -247,6 +248,14 @@ struct pending_user {
     int thinking;
 };
 
+/* The first 64 bits of a document's key (hex), mixed into its seed. */
+static uint64_t key_seed(const char *key)
+{
+    char head[17];
+    snprintf(head, sizeof head, "%s", key);
+    return strtoull(head, NULL, 16);
+}
+
 static int next_doc(void *ctx, sched_doc *d, errbuf *err)
 {
     struct run *r = ctx;
@@ -269,10 +278,7 @@ static int next_doc(void *ctx, sched_doc *d, errbuf *err)
     d->n_tokens = p.n_ids;
     job_sample_params(&ds.s, &d->sp);
     /* Per-document stream: the job's seed mixed with the document's key. */
-    d->sp.seed ^= strtoull((char[17]){p.key[0], p.key[1], p.key[2], p.key[3], p.key[4], p.key[5],
-                                      p.key[6], p.key[7], p.key[8], p.key[9], p.key[10],
-                                      p.key[11], p.key[12], p.key[13], p.key[14], p.key[15], 0},
-                           NULL, 16);
+    d->sp.seed ^= key_seed(p.key);
     d->max_new_tokens = ds.s.max_new_tokens;
     if (d->max_new_tokens > r->max_context - p.n_ids)
         d->max_new_tokens = r->max_context - p.n_ids;
@@ -386,17 +392,9 @@ int cmd_run(int argc, char **argv)
     job j;
     if (job_load(&j, argv[optind], &err))
         return cli_fail("run", EXIT_USAGE, "%s", err.msg);
-    if (backend) {
-        if (!strcmp(backend, "cpu"))
-            j.backend = ENG_BACKEND_CPU;
-        else if (!strcmp(backend, "cuda"))
-            j.backend = ENG_BACKEND_CUDA;
-        else if (!strcmp(backend, "auto"))
-            j.backend = ENG_BACKEND_AUTO;
-        else {
-            job_free(&j);
-            return cli_fail("run", EXIT_USAGE, "--backend must be auto, cpu or cuda");
-        }
+    if (backend && cmdu_parse_backend("--backend", backend, &j.backend, &err)) {
+        job_free(&j);
+        return cli_fail("run", EXIT_USAGE, "%s", err.msg);
     }
     if (threads >= 0)
         j.threads = threads;
@@ -494,12 +492,19 @@ int cmd_run(int argc, char **argv)
     /* The shared prefix: system prompt and the template's text before its
      * first placeholder, rendered as the chat template renders it. */
     {
+        /* The template renders the user turn as "...user\n" CONTENT
+         * "<|im_end|>\n": render an empty one, drop its end, append the
+         * template's literal head. */
+        static const char turn_end[] = "<|im_end|>\n";
+        chat_msg msgs[2] = {{"system", j.system}, {"user", ""}};
+        int first = j.system ? 0 : 1;
         strbuf p = STRBUF_INIT;
-        if (j.system)
-            sb_addf(&p, "<|im_start|>system\n%s<|im_end|>\n", j.system);
-        sb_adds(&p, "<|im_start|>user\n");
-        sb_add(&p, j.user, job_user_prefix_len(&j));
-        int prc = tok_encode(r.t, p.buf, p.len, &prefix, &n_prefix, &err);
+        int prc = chat_render(&p, msgs + first, 2 - first, 0, 1, &err);
+        if (!prc) {
+            p.len -= strlen(turn_end); /* always ends the rendered user turn */
+            sb_add(&p, j.user, job_user_prefix_len(&j));
+            prc = tok_encode(r.t, p.buf, p.len, &prefix, &n_prefix, &err);
+        }
         sb_release(&p);
         if (prc || tok_encode(r.t, THINK_EARLY_STOP, strlen(THINK_EARLY_STOP), &early, &n_early,
                               &err))

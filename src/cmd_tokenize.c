@@ -63,6 +63,27 @@ static int read_stdin(const char *name, strbuf *in)
     return 0;
 }
 
+/* Reads standard input as one JSON array (of `what`, for the message) into
+ * *arr (new reference). Returns 0 or the exit code after printing why. */
+static int read_stdin_array(const char *name, const char *what, json_t **arr)
+{
+    strbuf in = STRBUF_INIT;
+    int rc = read_stdin(name, &in);
+    if (rc)
+        return rc;
+    json_error_t jerr;
+    *arr = json_loadb(in.buf, in.len, 0, &jerr);
+    sb_release(&in);
+    if (!*arr)
+        return cli_fail(name, EXIT_FAILURE_, "standard input:%d:%d: %s", jerr.line, jerr.column,
+                        jerr.text);
+    if (!json_is_array(*arr)) {
+        json_decref(*arr);
+        return cli_fail(name, EXIT_FAILURE_, "standard input: expected a JSON array of %s", what);
+    }
+    return 0;
+}
+
 static int open_tok(const char *name, const char *dir, tok **t)
 {
     errbuf err;
@@ -150,19 +171,9 @@ int cmd_detokenize(int argc, char **argv)
     int rc = parse_opts(argc, argv, usage, 0, 0, &o);
     if (rc)
         return rc < 0 ? EXIT_OK : rc;
-    strbuf in = STRBUF_INIT;
-    if ((rc = read_stdin(argv[0], &in)))
+    json_t *arr;
+    if ((rc = read_stdin_array(argv[0], "ids", &arr)))
         return rc;
-    json_error_t jerr;
-    json_t *arr = json_loadb(in.buf, in.len, 0, &jerr);
-    sb_release(&in);
-    if (!arr)
-        return cli_fail(argv[0], EXIT_FAILURE_, "standard input:%d:%d: %s", jerr.line,
-                        jerr.column, jerr.text);
-    if (!json_is_array(arr)) {
-        json_decref(arr);
-        return cli_fail(argv[0], EXIT_FAILURE_, "standard input: expected a JSON array of ids");
-    }
     size_t n = json_array_size(arr);
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
     for (size_t i = 0; i < n && !rc; i++) {
@@ -212,20 +223,9 @@ int cmd_render(int argc, char **argv)
     if ((rc = open_tok(argv[0], o.dir, &t)))
         return rc;
     tok_close(t);
-    strbuf in = STRBUF_INIT;
-    if ((rc = read_stdin(argv[0], &in)))
+    json_t *arr;
+    if ((rc = read_stdin_array(argv[0], "{\"role\", \"content\"} messages", &arr)))
         return rc;
-    json_error_t jerr;
-    json_t *arr = json_loadb(in.buf, in.len, 0, &jerr);
-    sb_release(&in);
-    if (!arr)
-        return cli_fail(argv[0], EXIT_FAILURE_, "standard input:%d:%d: %s", jerr.line,
-                        jerr.column, jerr.text);
-    if (!json_is_array(arr)) {
-        json_decref(arr);
-        return cli_fail(argv[0], EXIT_FAILURE_,
-                        "standard input: expected a JSON array of {\"role\", \"content\"} messages");
-    }
     size_t n = json_array_size(arr);
     chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     for (size_t i = 0; i < n && !rc; i++) {
