@@ -67,6 +67,32 @@ static __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *sm
                  : "r"(addr));
 }
 
+/* The same from a shared-space address (lets callers step it with adds). */
+static __device__ __forceinline__ void ldmatrix_x4_at(uint32_t r[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+/* (a & b) | c in one instruction (the compiler emits two). */
+static __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c)
+{
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+static __device__ __forceinline__ __half2 u32_as_h2(uint32_t v)
+{
+    return *reinterpret_cast<__half2 *>(&v);
+}
+
+static __device__ __forceinline__ uint32_t h2_as_u32(__half2 v)
+{
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
 static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem)
 {
     uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);

@@ -96,7 +96,10 @@ cudaError_t cu_awq_synth(void *qw, void *sz, int K, int N, int group, uint64_t s
  * packed weights. Tensor cores, weights dequantized in registers; meant for
  * small M (decode) but correct for any M. part: fp32 scratch of part_floats
  * (at least cu_w4a16_part_floats) for split-K partial sums (deterministic:
- * no atomics; the same split whatever M, so results are batch invariant).
+ * no atomics). Batches of up to 16 rows and larger ones run different
+ * kernels: a row gets the same sums in any batch on the same side of 16
+ * (the splits depend on K, N and the GPU only), and sums equal to fp32
+ * rounding across it.
  */
 cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *qw, const void *sz, int K,
                           int N, int group, void *y, int ldy, float *part, size_t part_floats,

@@ -12,8 +12,10 @@
  * flight; partial sums go to a scratch buffer and a second kernel adds them
  * in a fixed order (no atomics, so results are reproducible).
  *
- * Prefill (large M) dequantizes to fp16 (cu_w4a16_dequant) and lets cuBLAS
- * run the product; that choice is made in cuda_engine.c.
+ * Decode steps of up to 16 rows use w4a16_small_kernel instead (weights as
+ * the A operand, straight to registers; see there). Prefill (large M)
+ * dequantizes to fp16 (cu_w4a16_dequant) and lets cuBLAS run the product;
+ * that choice is made in cuda_engine.c.
  */
 #include "common.cuh"
 
@@ -382,6 +384,282 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
         counters[blockIdx.x] = 0;
 }
 
+/*
+ * Small batches (M <= 8, every decode step of up to 8 sequences). The mma
+ * kernel above puts the batch rows in the A operand, so at M = 1 fifteen of
+ * the sixteen rows it multiplies are zero and every 512 bytes of weights
+ * cost 8 mma, a shared-memory round trip and a block barrier; measured at
+ * 0.7-1.5 TB/s. Here the weights are the A operand instead (16 output
+ * columns x 16 k per mma, the repacked words are already A fragments:
+ * nibble pairs j = 0, 2, 1, 3 are a0..a3) and the batch rows are the n = 8
+ * columns of B, so 512 bytes cost 4 mma whatever M <= 8 is. Each lane loads
+ * its 16 bytes per 64 x 16 tile straight into registers, U tiles ahead, and
+ * no barrier is taken after x is staged.
+ *
+ * (q - z) is exact in fp16 and the product with x exact in the fp32
+ * accumulator; the scale is applied once per 64-deep tile in fp32 (needs
+ * group % 64 == 0, as AWQ's 128). The split of K depends on K, N and the GPU
+ * only, never on M, so a row gets the same sums in any batch of up to 8.
+ */
+#define W4S_WARPS 4             /* column tiles (16 wide) per block */
+#define W4S_MAX_ROWS 16
+#define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
+#define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
+
+/* tiles_shift: log2(group / 64); the group of tile kt is kt >> tiles_shift
+ * (a division here was most of the loop's instructions). */
+/* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
+ * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
+ * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. */
+template <int NB>
+__global__ void __launch_bounds__(W4S_WARPS * 32, NB == 1 ? 8 : 6)
+    w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
+                       const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
+                       __half *__restrict__ y, int ldy, float *__restrict__ part,
+                       size_t part_counters_off)
+{
+    extern __shared__ __align__(16) unsigned char w4s_smem[];
+    __half *sx = reinterpret_cast<__half *>(w4s_smem);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int kt_count = K / 64, nt_count = N / 16;
+    const int nt = blockIdx.x * W4S_WARPS + warp;
+    const bool live = nt < nt_count;
+    const int kt0 = blockIdx.y * kt_per_split;
+    const int kt1 = min(kt0 + kt_per_split, kt_count);
+    const int n_kt = kt1 - kt0;
+    const int lds = n_kt * 64 + 8; /* padded row: conflict-free ldmatrix */
+
+    /* A ring of W4S_U tiles (weights and their scale/zero pairs) in
+     * registers: each tile's slot is refilled with the tile W4S_U ahead as
+     * soon as it is consumed, so about W4S_U x 512 bytes per warp are always
+     * in flight. The scales are loaded with the weights: fetched at use, a
+     * cold group costs a whole memory round trip per tile (measured: half
+     * the bandwidth). The first tiles are requested before x is staged. */
+    const int col0 = (live ? nt : 0) * 16 + g, col1 = col0 + 8;
+    const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
+    const __half2 *szc = sz + col0;
+    uint4 buf[W4S_U];
+    __half2 sv0[W4S_U], sv1[W4S_U];
+#pragma unroll
+    for (int u = 0; u < W4S_U; u++)
+        if (live && u < n_kt) {
+            const __half2 *p = szc + ((kt0 + u) >> tiles_shift) * N;
+            buf[u] = ld_stream(src + u * 32);
+            sv0[u] = __ldg(p);
+            sv1[u] = __ldg(p + 8);
+        }
+
+    /* Rows >= M read row M, all zeros, so that every lane's address moves
+     * the same way (the compiler folds the steps into the instruction). */
+    for (int idx = tid; idx < (M + 1) * (n_kt * 8); idx += W4S_WARPS * 32) {
+        const int r = idx / (n_kt * 8), c = idx % (n_kt * 8);
+        *reinterpret_cast<uint4 *>(sx + r * lds + c * 8) =
+            r < M ? *reinterpret_cast<const uint4 *>(x + (int64_t)r * ldx + kt0 * 64 + c * 8)
+                  : make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+    if (!live)
+        return; /* no barrier below; the reduction counts warps, not blocks */
+
+    /* ldmatrix.x4: lanes 8i..8i+7 address row (lane & 7) of matrix i, which
+     * holds k 8i..8i+7 of a 32-deep step: b0, b1 of two mma k-steps. */
+    uint32_t xa[NB];
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++)
+        xa[nb] = (uint32_t)__cvta_generic_to_shared(sx + min(nb * 8 + (lane & 7), M) * lds +
+                                                    (lane >> 3) * 8);
+    const __half2 h960 = __float2half2_rn(960.0f), h16th = __float2half2_rn(0.0625f);
+
+    float acc[NB][4] = {};
+    for (int base = 0; base < n_kt; base += W4S_U) {
+#pragma unroll
+        for (int u = 0; u < W4S_U; u++) {
+            const int kt = base + u;
+            if (kt >= n_kt)
+                break;
+            const uint32_t words[4] = {buf[u].x, buf[u].y, buf[u].z, buf[u].w};
+            /* z: 1024 + zero; zs: -(64 + zero), for the nibbles that land 16x */
+            const __half2 z0 = __high2half2(sv0[u]), z1 = __high2half2(sv1[u]);
+            const __half2 zs0 = __hsub2(h960, z0), zs1 = __hsub2(h960, z1);
+            const float s0 = __low2float(sv0[u]), s1 = __low2float(sv1[u]);
+            if (kt + W4S_U < n_kt) {
+                const __half2 *p = szc + ((kt0 + kt + W4S_U) >> tiles_shift) * N;
+                buf[u] = ld_stream(src + (kt + W4S_U) * 32);
+                sv0[u] = __ldg(p);
+                sv1[u] = __ldg(p + 8);
+            }
+            uint32_t b[NB][2][4];
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                ldmatrix_x4_at(b[nb][0], xa[nb] + kt * 128);
+                ldmatrix_x4_at(b[nb][1], xa[nb] + kt * 128 + 64);
+            }
+            float c[NB][4] = {};
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                /* Nibble pair j (= 2t + r: column t, k-half r) of the word:
+                 * j = 0, 2 masked in place give fp16 1024 + q, j = 1, 3 give
+                 * 1024 + 16q, so one shift serves four pairs and (q - z) is
+                 * one sub or one fma, exact. A wants r-major order. */
+                const uint32_t w = words[ks], w8 = w >> 8;
+                uint32_t a[4];
+                __half2 h;
+                h = __hsub2(u32_as_h2(lop3_and_or(w, 0x000f000fu, 0x64006400u)), z0);
+                a[0] = h2_as_u32(h);
+                h = __hfma2(u32_as_h2(lop3_and_or(w, 0x00f000f0u, 0x64006400u)), h16th, zs0);
+                a[2] = h2_as_u32(h);
+                h = __hsub2(u32_as_h2(lop3_and_or(w8, 0x000f000fu, 0x64006400u)), z1);
+                a[1] = h2_as_u32(h);
+                h = __hfma2(u32_as_h2(lop3_and_or(w8, 0x00f000f0u, 0x64006400u)), h16th, zs1);
+                a[3] = h2_as_u32(h);
+#pragma unroll
+                for (int nb = 0; nb < NB; nb++)
+                    mma_16816(c[nb], a, b[nb][ks >> 1][(ks & 1) * 2], b[nb][ks >> 1][(ks & 1) * 2 + 1]);
+            }
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                acc[nb][0] = fmaf(c[nb][0], s0, acc[nb][0]);
+                acc[nb][1] = fmaf(c[nb][1], s0, acc[nb][1]);
+                acc[nb][2] = fmaf(c[nb][2], s1, acc[nb][2]);
+                acc[nb][3] = fmaf(c[nb][3], s1, acc[nb][3]);
+            }
+        }
+    }
+
+    /* acc[nb]: (column col0, rows 8nb + 2tq, + 1), (col1, same rows). */
+    if (!part) {
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = nb * 8 + 2 * tq + h;
+                if (r < M) {
+                    y[(int64_t)r * ldy + col0] = __float2half_rn(acc[nb][h]);
+                    y[(int64_t)r * ldy + col1] = __float2half_rn(acc[nb][2 + h]);
+                }
+            }
+        return;
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = nb * 8 + 2 * tq + h;
+            if (r < M) {
+                part[((int64_t)blockIdx.y * M + r) * N + col0] = acc[nb][h];
+                part[((int64_t)blockIdx.y * M + r) * N + col1] = acc[nb][2 + h];
+            }
+        }
+    /* The last split to finish this column block adds the partial sums in
+     * split order (deterministic), as in the mma kernel. Counted per warp:
+     * warps of dead tiles left above. */
+    int *counters = reinterpret_cast<int *>(part) + part_counters_off;
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0)
+        last = atomicAdd(&counters[blockIdx.x * W4S_WARPS + warp], 1) == (int)gridDim.y - 1;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last)
+        return;
+    __threadfence();
+    for (int idx = lane; idx < M * 16; idx += 32) {
+        const int r = idx >> 4, col = nt * 16 + (idx & 15);
+        float a = 0.0f;
+        for (int sp = 0; sp < (int)gridDim.y; sp++)
+            a += __ldcg(part + ((int64_t)sp * M + r) * N + col);
+        y[(int64_t)r * ldy + col] = __float2half_rn(a);
+    }
+    if (lane == 0)
+        counters[blockIdx.x * W4S_WARPS + warp] = 0;
+}
+
+/* Resident blocks of the small kernel per SM (registers and threads; the
+ * x slice of one row is small). */
+static int w4s_blocks_per_sm(void)
+{
+    static int n = 0;
+    if (!n && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4a16_small_kernel<1>,
+                                                            W4S_WARPS * 32, 4096) != cudaSuccess ||
+               n < 1))
+        n = 1;
+    cudaGetLastError();
+    return n;
+}
+
+/* Splits of K for the small kernel: as many as keep every block resident
+ * at once (a second, partial wave costs as much as a full one), at least 4
+ * tiles each, and at most W4S_MAX_SLICE_KT tiles each: measured on the H100
+ * at M = 1, gate_up (K 5120) takes 53 us in one split of 80 tiles and 49 us
+ * in four of 20, and the x slice of 8 rows then leaves 8 blocks per SM.
+ * Depends on K, N and the GPU only, never on M. */
+static int w4s_splits(int K, int N, int n_sm)
+{
+    const int kt = K / 64, col_blocks = (N / 16 + W4S_WARPS - 1) / W4S_WARPS;
+    int sp = n_sm * w4s_blocks_per_sm() / col_blocks;
+    if (sp > kt / 4)
+        sp = kt / 4;
+    if (sp < 1)
+        sp = 1;
+    while ((kt + sp - 1) / sp > W4S_MAX_SLICE_KT)
+        sp++;
+    const int kps = (kt + sp - 1) / sp;
+    return (kt + kps - 1) / kps;
+}
+
+static int w4s_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("QWEN3_BATCH_W4_SMALL");
+        on = !(e && *e == '0');
+    }
+    return on;
+}
+
+/* Returns cudaErrorNotSupported, having launched nothing, where the
+ * shape is not for this kernel (the caller then uses the mma kernel). */
+static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw,
+                                const __half2 *sz, int K, int N, int group, __half *y, int ldy,
+                                float *part, size_t part_floats, int n_sm, cudaStream_t s)
+{
+    static int optin = -1;
+    if (optin < 0) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+            optin = 48 * 1024;
+        int most = (int)((size_t)(W4S_MAX_ROWS + 1) * (W4S_MAX_SLICE_KT * 64 + 8) * 2);
+        cudaFuncSetAttribute(w4a16_small_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             most < optin ? most : optin);
+        cudaFuncSetAttribute(w4a16_small_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             most < optin ? most : optin);
+    }
+    const int tiles_per_group = group / 64;
+    if (M > W4S_MAX_ROWS || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
+        N / 16 > W4_COUNTERS)
+        return cudaErrorNotSupported;
+    const int kt = K / 64, sp = w4s_splits(K, N, n_sm);
+    const int kps = (kt + sp - 1) / sp;
+    const int bx = (N / 16 + W4S_WARPS - 1) / W4S_WARPS;
+    const size_t smem = (size_t)(M + 1) * (kps * 64 + 8) * 2;
+    if (smem > (size_t)optin)
+        return cudaErrorNotSupported;
+    if (sp > 1 && (size_t)sp * M * N > part_floats - W4_COUNTERS)
+        return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
+    dim3 grid(bx, sp);
+    const int sh = __builtin_ctz((unsigned)tiles_per_group);
+    float *p = sp > 1 ? part : NULL;
+    if (M <= 8)
+        w4a16_small_kernel<1><<<grid, W4S_WARPS * 32, smem, s>>>(
+            x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+    else
+        w4a16_small_kernel<2><<<grid, W4S_WARPS * 32, smem, s>>>(
+            x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+    return cudaGetLastError();
+}
+
 template <int MT, int WARPS, int STAGES>
 static void launch_mma(dim3 grid, const __half *x, int M, int ldx, const uint4 *qw,
                        const __half2 *sz, int K, int N, int group, int cps, __half *y, int ldy,
@@ -508,6 +786,13 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
     if (splits > 1 && (size_t)splits * step * N + W4_COUNTERS > part_floats)
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const size_t ctr_off = part_floats - W4_COUNTERS;
+    if (w4s_enabled()) {
+        cudaError_t e = launch_small((const __half *)x, M, ldx, (const uint4 *)qw,
+                                     (const __half2 *)sz, K, N, group, (__half *)y, ldy, part,
+                                     part_floats, n_sm, s);
+        if (e != cudaErrorNotSupported)
+            return e;
+    }
     for (int m0 = 0; m0 < M; m0 += step) {
         int rows = M - m0 < step ? M - m0 : step;
         int mt = (rows + 15) / 16;
@@ -542,8 +827,9 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
 
 extern "C" size_t cu_w4a16_part_floats(int K, int N, int n_sm)
 {
-    int splits = cu_w4a16_splits(K, N, n_sm);
-    return (splits > 1 ? (size_t)splits * w4_rows() * N : 0) + W4_COUNTERS;
+    size_t mma = (size_t)cu_w4a16_splits(K, N, n_sm) * w4_rows() * N;
+    size_t small = (size_t)w4s_splits(K, N, n_sm) * W4S_MAX_ROWS * N;
+    return (mma > small ? mma : small) + W4_COUNTERS;
 }
 
 extern "C" cudaError_t cu_w4a16_init_scratch(float *part, size_t part_floats, cudaStream_t s)

@@ -240,7 +240,7 @@ static void test_gemm_ops(int K, int N, int group)
     model_linear l = mk_linear(&t, 1, group, MODEL_F16, K, N);
     float *w = malloc(sizeof *w * (size_t)K * N); /* [N][K] */
     model_linear_to_f32(&l, w);
-    const int Ms[] = {1, 3, 16, 17, 40, 64, 65, 130};
+    const int Ms[] = {1, 3, 9, 16, 17, 40, 64, 65, 130};
     int maxM = 130;
     uint16_t *xh = malloc(2 * (size_t)maxM * K), *yh = malloc(2 * (size_t)maxM * N);
     float *xf = malloc(sizeof *xf * (size_t)maxM * K);
