@@ -18,7 +18,10 @@
 
 #define ATT_KB 64
 
-template <int D, int WARPS, bool I8>
+/* F16_ST: stages of fp16 tiles, 2 (prefill) or 1 (decode: measured on the
+ * H100, two stages halve the resident decode blocks and lose 8-10%).
+ * int8 pages always have two stages of raw bytes. */
+template <int D, int WARPS, bool I8, int F16_ST>
 __global__ void __launch_bounds__(WARPS * 32)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                 const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
@@ -26,15 +29,19 @@ __global__ void __launch_bounds__(WARPS * 32)
                 float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse)
 {
     constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
-    /* Dynamic shared memory (attn_smem_bytes): K and V tiles in fp16; int8
-     * pages land in sK8/sV8 first and become fp16 in sK/sV. */
+    /* Dynamic shared memory (attn_smem_bytes). With two stages the copy of
+     * tile i + 1 runs while tile i is multiplied: fp16 pages land in
+     * sK/sV[stage]; int8 pages land in sK8/sV8[stage] and become fp16 in a
+     * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). */
+    constexpr int F16_STAGES = I8 ? 1 : F16_ST;
+    constexpr bool PREFETCH = I8 || F16_ST == 2;
     extern __shared__ __align__(16) unsigned char smem[];
-    __half *sK = reinterpret_cast<__half *>(smem);
-    __half *sV = sK + KB * LDS;
-    int8_t *sK8 = reinterpret_cast<int8_t *>(sV + KB * LDS);
-    int8_t *sV8 = sK8 + KB * D;
-    float *sKs = reinterpret_cast<float *>(sV8 + KB * D);
-    float *sVs = sKs + KB;
+    __half *sK0 = reinterpret_cast<__half *>(smem);
+    __half *sV0 = sK0 + F16_STAGES * KB * LDS;
+    int8_t *sK80 = reinterpret_cast<int8_t *>(sV0 + F16_STAGES * KB * LDS);
+    int8_t *sV80 = sK80 + 2 * KB * D;
+    float *sKs0 = reinterpret_cast<float *>(sV80 + 2 * KB * D);
+    float *sVs0 = sKs0 + 2 * KB;
     const cu_attn_work w = works[blockIdx.x];
     if (w.seg < 0)
         return; /* padding of a fixed grid (CUDA graphs) */
@@ -65,10 +72,9 @@ __global__ void __launch_bounds__(WARPS * 32)
         o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    for (int kb = w.key_begin; kb < w.key_end; kb += KB) {
-        __syncthreads();
-        /* Stage the K and V tile with every copy in flight at once (cp.async);
-         * keys past the range are zero-filled so that 0 * V stays 0. */
+    /* Copies one K/V tile into a stage, every copy in flight at once
+     * (cp.async); keys past the range are zero-filled so that 0 * V stays 0. */
+    auto issue = [&](int kb, int st) {
         for (int c = threadIdx.x; c < KB * CH; c += NT) {
             const int key = c / CH, dc = c % CH, kpos = kb + key;
             const bool ok = kpos < w.key_end;
@@ -78,21 +84,44 @@ __global__ void __launch_bounds__(WARPS * 32)
             const int64_t rowV = rowK + kv.n_kv_heads;
             if (!I8) {
                 const __half *base = (const __half *)kv.data;
-                cp_async16(sK + key * LDS + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
-                cp_async16(sV + key * LDS + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
+                __half *dK = sK0 + st * KB * LDS, *dV = sV0 + st * KB * LDS;
+                cp_async16(dK + key * LDS + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
+                cp_async16(dV + key * LDS + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
             } else {
                 const int8_t *base = (const int8_t *)kv.data;
-                cp_async8(sK8 + key * D + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
-                cp_async8(sV8 + key * D + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
+                int8_t *dK = sK80 + st * KB * D, *dV = sV80 + st * KB * D;
+                cp_async8(dK + key * D + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
+                cp_async8(dV + key * D + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
                 if (dc == 0) {
                     const __half *sc = (const __half *)kv.scales;
-                    sKs[key] = ok ? __half2float(sc[rowK * kv.page_size + off]) : 0.0f;
-                    sVs[key] = ok ? __half2float(sc[rowV * kv.page_size + off]) : 0.0f;
+                    sKs0[st * KB + key] = ok ? __half2float(sc[rowK * kv.page_size + off]) : 0.0f;
+                    sVs0[st * KB + key] = ok ? __half2float(sc[rowV * kv.page_size + off]) : 0.0f;
                 }
             }
         }
-        cp_async_wait_all();
+        cp_async_commit();
+    };
+
+    int st = 0;
+    if (PREFETCH && w.key_begin < w.key_end)
+        issue(w.key_begin, 0);
+    for (int kb = w.key_begin; kb < w.key_end; kb += KB, st ^= PREFETCH ? 1 : 0) {
+        /* The stage written here was last read in the previous iteration,
+         * which ended with a barrier. */
+        if (!PREFETCH) {
+            issue(kb, 0);
+            cp_async_wait_pending<0>();
+        } else if (kb + KB < w.key_end) {
+            issue(kb + KB, st ^ 1);
+            cp_async_wait_pending<1>();
+        } else {
+            cp_async_wait_pending<0>();
+        }
         __syncthreads();
+        __half *sK = sK0 + (F16_STAGES == 2 ? st : 0) * KB * LDS;
+        __half *sV = sV0 + (F16_STAGES == 2 ? st : 0) * KB * LDS;
+        const int8_t *sK8 = sK80 + st * KB * D, *sV8 = sV80 + st * KB * D;
+        const float *sKs = sKs0 + st * KB, *sVs = sVs0 + st * KB;
         if (I8) {
             /* int8 -> fp16 (K exact, its scale applied to S below):
              * 0x64XX is 1024 + XX in fp16, so with XX = b ^ 0x80 one byte
@@ -223,6 +252,7 @@ __global__ void __launch_bounds__(WARPS * 32)
                 mma_16816(o[dt + 1], a, b[2], b[3]);
             }
         }
+        __syncthreads(); /* the next iteration refills the other stage */
     }
 
     l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 1);
@@ -297,9 +327,12 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
     }
 }
 
-static constexpr size_t attn_smem_bytes(int D, bool i8)
+static constexpr size_t attn_smem_bytes(int D, bool i8, int f16_stages)
 {
-    return (size_t)ATT_KB * (D + 8) * 2 * 2 + (i8 ? (size_t)ATT_KB * D * 2 + ATT_KB * 8 : 0);
+    /* sK, sV (two stages for fp16 pages, one for int8), and for int8 two
+     * stages of raw K, V and their scales */
+    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : f16_stages) +
+           (i8 ? 2 * ((size_t)ATT_KB * D * 2 + ATT_KB * 8) : 0);
 }
 
 template <int D, bool I8>
@@ -309,27 +342,28 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         float *part_o, float *part_lse, cudaStream_t s)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    const size_t smem = attn_smem_bytes(D, I8);
+    const size_t smem1 = attn_smem_bytes(D, I8, 1), smem2 = attn_smem_bytes(D, I8, 2);
     static bool attr_set = false; /* once per instantiation; harmless if repeated */
     if (!attr_set) {
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        cudaFuncSetAttribute(attn_kernel<D, 1, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem1);
+        cudaFuncSetAttribute(attn_kernel<D, 1, I8, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem1);
         attr_set = true;
     }
     if (n_large > 0)
-        attn_kernel<D, 4, I8><<<n_large, 128, smem, s>>>(q, out, segs, w_large, pages, kv, layer,
-                                                         n_heads, scale_log2, part_o, part_lse);
+        attn_kernel<D, 4, I8, 2><<<n_large, 128, smem2, s>>>(q, out, segs, w_large, pages, kv, layer,
+                                                            n_heads, scale_log2, part_o, part_lse);
     /* Decode tiles are 16 rows: one warp computes. With few tiles (small
      * batches) or int8 pages, four warps stage the K/V tile (and convert
      * it): issuing a 32 KB tile from one warp takes longer than multiplying
      * it. With many tiles, one-warp blocks keep more tiles resident.
      * (Measured on the H100: batch 1 +2%, batch 16-64 -4..-8% with four.) */
     if (n_small > 0 && (I8 || n_small < 1024))
-        attn_kernel<D, 4, I8><<<n_small, 128, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
-                                                         n_heads, scale_log2, part_o, part_lse);
+        attn_kernel<D, 4, I8, 1><<<n_small, 128, smem1, s>>>(q, out, segs, w_small, pages, kv, layer,
+                                                            n_heads, scale_log2, part_o, part_lse);
     else if (n_small > 0)
-        attn_kernel<D, 1, I8><<<n_small, 32, smem, s>>>(q, out, segs, w_small, pages, kv, layer,
-                                                        n_heads, scale_log2, part_o, part_lse);
+        attn_kernel<D, 1, I8, 1><<<n_small, 32, smem1, s>>>(q, out, segs, w_small, pages, kv, layer,
+                                                           n_heads, scale_log2, part_o, part_lse);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,

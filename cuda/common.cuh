@@ -125,6 +125,18 @@ static __device__ __forceinline__ void cp_async8(void *smem, const void *gmem, i
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 }
 
+static __device__ __forceinline__ void cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+/* Waits until at most N_PENDING committed groups are still in flight. */
+template <int N_PENDING>
+static __device__ __forceinline__ void cp_async_wait_pending(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N_PENDING) : "memory");
+}
+
 static __device__ __forceinline__ void cp_async_wait_all(void)
 {
     asm volatile("cp.async.wait_all;\n" ::: "memory");

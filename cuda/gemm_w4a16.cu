@@ -142,17 +142,6 @@ static __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int j, __hal
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
-static __device__ __forceinline__ void cp_async_commit(void)
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N_PENDING>
-static __device__ __forceinline__ void cp_async_wait_pending(void)
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N_PENDING) : "memory");
-}
-
 /* Shared memory of one pipeline stage: the block's weights for one 256-deep
  * chunk (16 column tiles x 4 k-tiles x 32 lanes x 16 bytes), the rows of x,
  * and the scale/zero pairs of the 4 k-tiles (when group % 64 == 0). */
