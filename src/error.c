@@ -1,8 +1,10 @@
 /* error.c - see error.h. */
 #include "error.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int verrorf(errbuf *err, const char *fmt, va_list ap)
 {
@@ -48,4 +50,15 @@ void error_clear(errbuf *err)
 {
     if (err)
         err->msg[0] = '\0';
+}
+
+int error_check_folder(errbuf *err, const char *dir, const char *what)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return errorf(err, "%s: %s (%s)", dir, errno == ENOENT ? "no such folder" : strerror(errno),
+                      what);
+    if (!S_ISDIR(st.st_mode))
+        return errorf(err, "%s: not a folder (%s)", dir, what);
+    return 0;
 }

@@ -25,6 +25,11 @@ int verrorf(errbuf *err, const char *fmt, va_list ap);
  * add the outer context (a file name) to an error reported deeper down. */
 int error_prefix(errbuf *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* 0 when dir is an existing folder; otherwise -1 with "DIR: no such folder
+ * (WHAT)" or "DIR: not a folder (WHAT)", so that a mistyped model path is
+ * reported as the folder, not as the first file looked for inside it. */
+int error_check_folder(errbuf *err, const char *dir, const char *what);
+
 /* Clears the message. */
 void error_clear(errbuf *err);
 

@@ -981,6 +981,8 @@ static int map_sharded(model *m, const char *index_path, errbuf *err)
 int model_open(model *m, const char *dir, errbuf *err)
 {
     memset(m, 0, sizeof *m);
+    if (error_check_folder(err, dir, "expected a Hugging Face model folder with config.json"))
+        return -1;
     m->dir = strdup(dir);
     m->priv = calloc(1, sizeof(struct model_priv));
     if (!m->dir || !m->priv) {

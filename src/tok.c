@@ -1416,6 +1416,8 @@ int tok_open_file(tok **out, const char *path, errbuf *err)
 
 int tok_open(tok **out, const char *dir, errbuf *err)
 {
+    if (error_check_folder(err, dir, "expected a folder with tokenizer.json"))
+        return -1;
     strbuf path = STRBUF_INIT;
     sb_addf(&path, "%s/tokenizer.json", dir);
     int rc = tok_open_file(out, path.buf, err);

@@ -117,6 +117,14 @@ expect 2 $Q generate --model "$dir" --ids 1,2 --max-new-tokens 0
 expect 2 $Q generate --model "$dir" --ids 1,2 --prompt hi
 expect 2 $Q generate --model "$dir"
 expect 1 $Q generate --model "$SCRATCH/nothing-here" --ids 1,2
+grep -q "nothing-here: no such folder (expected a Hugging Face model folder" "$SCRATCH/err" ||
+    fail "a missing model folder is not named as a folder: $(cat "$SCRATCH/err")"
+expect 1 $Q generate --model "$dir/config.json" --ids 1,2
+grep -q "config.json: not a folder" "$SCRATCH/err" || fail "a file given as the model folder"
+echo '[{"role":"user","content":"hi"}]' >"$SCRATCH/msgs.json"
+expect 1 sh -c "$Q render --tokenizer '$SCRATCH/nothing-here' <'$SCRATCH/msgs.json'"
+grep -q "nothing-here: no such folder (expected a folder with tokenizer.json)" "$SCRATCH/err" ||
+    fail "a missing tokenizer folder: $(cat "$SCRATCH/err")"
 expect 1 $Q generate --model "$dir" --prompt hi # no tokenizer in the folder
 expect 1 $Q score --model "$dir" --ids 1,2 --logits-out "$SCRATCH/no/such/dir/x"
 if $Q --help | grep -q 'CPU-only build'; then
