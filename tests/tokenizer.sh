@@ -54,7 +54,7 @@ done
 printf 'ok \377 here' | "$QWEN3_BATCH" tokenize --tokenizer "$tmp/tok" > /dev/null 2> "$tmp/err"
 [ $? -eq 1 ] && grep -q "byte offset 3" "$tmp/err" || bad "invalid UTF-8 not reported at offset 3"
 "$QWEN3_BATCH" tokenize --tokenizer "$tmp/nowhere" < /dev/null > /dev/null 2> "$tmp/err"
-[ $? -eq 1 ] && grep -q "nowhere/tokenizer.json" "$tmp/err" || bad "missing tokenizer not named"
+[ $? -eq 1 ] && grep -q "nowhere: no such folder" "$tmp/err" || bad "missing tokenizer folder not named"
 echo '[1, "x"]' | "$QWEN3_BATCH" detokenize --tokenizer "$tmp/tok" > /dev/null 2> "$tmp/err"
 [ $? -eq 1 ] && grep -q "entry 1" "$tmp/err" || bad "bad id not named"
 echo '[{"role": "robot", "content": "x"}]' |
