@@ -6,7 +6,7 @@
  * and query head kv_head * G + r % G, so the G query heads that share one KV
  * head (GQA) are processed together and each K/V tile loaded into shared
  * memory serves all of them. Prefill tiles are 64 rows (4 warps); decode
- * tiles are 16 rows (warp 0 computes, all 4 stage) and split the keys over several blocks
+ * tiles are 16 rows (the 4 warps split each key tile) and split the keys over several blocks
  * (flash-decoding) whose partial results a second kernel merges, so a
  * handful of long sequences still fills the GPU. int8 pages are dequantized
  * while staging a tile. The host (cuda_engine.c) builds the work lists once
@@ -18,10 +18,12 @@
 
 #define ATT_KB 64
 
-/* F16_ST: stages of fp16 tiles, 2 (prefill) or 1 (decode: measured on the
- * H100, two stages halve the resident decode blocks and lose 8-10%).
- * int8 pages always have two stages of raw bytes. */
-template <int D, int WARPS, bool I8, int F16_ST>
+/* F16_ST: stages of fp16 tiles (1 or 2); int8 pages always have two
+ * stages of raw bytes. DEC: a decode tile of 16 rows, whose keys the warps
+ * split (warp w takes keys 16w..16w+15 of every 64-key tile, with its own
+ * running softmax) and merge at the end; otherwise each warp has 16 rows of
+ * its own and all the keys. */
+template <int D, int WARPS, bool I8, int F16_ST, bool DEC>
 __global__ void __launch_bounds__(WARPS * 32)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                 const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
@@ -49,7 +51,10 @@ __global__ void __launch_bounds__(WARPS * 32)
     const int G = n_heads / kv.n_kv_heads;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int rows_total = sg.n_tok * G;
-    const int r0 = w.row0 + warp * 16 + g, r1 = r0 + 8;
+    const int r0 = w.row0 + (DEC ? 0 : warp * 16) + g, r1 = r0 + 8;
+    constexpr int NTW = DEC ? KB / 8 / WARPS : KB / 8; /* 8-key column tiles per warp */
+    static_assert(NTW % 2 == 0, "P x V takes keys 16 at a time");
+    const int nt0 = DEC ? warp * NTW : 0;
     const int pos0 = r0 < rows_total ? sg.pos0 + r0 / G : -1;
     const int pos1 = r1 < rows_total ? sg.pos0 + r1 / G : -1;
     const __half *q0 = r0 < rows_total
@@ -156,16 +161,16 @@ __global__ void __launch_bounds__(WARPS * 32)
             __syncthreads();
         }
 
-        float s[KB / 8][4];
+        float s[NTW][4];
 #pragma unroll
-        for (int nt = 0; nt < KB / 8; nt++)
+        for (int nt = 0; nt < NTW; nt++)
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks += 2)
 #pragma unroll
-            for (int nt = 0; nt < KB / 8; nt++) {
+            for (int nt = 0; nt < NTW; nt++) {
                 uint32_t b[4];
-                ldmatrix_x4(b, sK + (nt * 8 + (lane & 7)) * LDS + ks * 16 + (lane >> 3) * 8);
+                ldmatrix_x4(b, sK + ((nt0 + nt) * 8 + (lane & 7)) * LDS + ks * 16 + (lane >> 3) * 8);
                 mma_16816(s[nt], qf[ks], b[0], b[1]);
                 mma_16816(s[nt], qf[ks + 1], b[2], b[3]);
             }
@@ -175,8 +180,8 @@ __global__ void __launch_bounds__(WARPS * 32)
         const bool visible = kb + KB <= w.key_end && kb + KB - 1 <= min(pos0, pos1);
         if (I8) {
 #pragma unroll
-            for (int nt = 0; nt < KB / 8; nt++) {
-                const float k0 = sKs[nt * 8 + 2 * tq], k1 = sKs[nt * 8 + 2 * tq + 1];
+            for (int nt = 0; nt < NTW; nt++) {
+                const float k0 = sKs[(nt0 + nt) * 8 + 2 * tq], k1 = sKs[(nt0 + nt) * 8 + 2 * tq + 1];
                 s[nt][0] *= k0;
                 s[nt][1] *= k1;
                 s[nt][2] *= k0;
@@ -185,7 +190,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         }
         if (visible) {
 #pragma unroll
-            for (int nt = 0; nt < KB / 8; nt++) {
+            for (int nt = 0; nt < NTW; nt++) {
                 s[nt][0] *= scale_log2;
                 s[nt][1] *= scale_log2;
                 s[nt][2] *= scale_log2;
@@ -195,10 +200,10 @@ __global__ void __launch_bounds__(WARPS * 32)
             }
         } else {
 #pragma unroll
-            for (int nt = 0; nt < KB / 8; nt++)
+            for (int nt = 0; nt < NTW; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int key = kb + nt * 8 + 2 * tq + (e & 1);
+                    const int key = kb + (nt0 + nt) * 8 + 2 * tq + (e & 1);
                     const int p = e < 2 ? pos0 : pos1;
                     const bool ok = key < w.key_end && key <= p;
                     const float v = ok ? s[nt][e] * scale_log2 : -INFINITY;
@@ -219,7 +224,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
         float ls0 = 0.0f, ls1 = 0.0f;
 #pragma unroll
-        for (int nt = 0; nt < KB / 8; nt++) {
+        for (int nt = 0; nt < NTW; nt++) {
             s[nt][0] = exp2f(s[nt][0] - b0);
             s[nt][1] = exp2f(s[nt][1] - b0);
             s[nt][2] = exp2f(s[nt][2] - b1);
@@ -239,14 +244,14 @@ __global__ void __launch_bounds__(WARPS * 32)
             o[i][3] *= c1;
         }
 #pragma unroll
-        for (int j = 0; j < KB / 16; j++) {
+        for (int j = 0; j < NTW / 2; j++) {
             uint32_t a[4] = {pack_half2(s[2 * j][0], s[2 * j][1]), pack_half2(s[2 * j][2], s[2 * j][3]),
                              pack_half2(s[2 * j + 1][0], s[2 * j + 1][1]),
                              pack_half2(s[2 * j + 1][2], s[2 * j + 1][3])};
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt += 2) {
                 uint32_t b[4];
-                ldmatrix_x4_trans(b, sV + (j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
+                ldmatrix_x4_trans(b, sV + (nt0 * 8 + j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
                                          (dt + (lane >> 4)) * 8);
                 mma_16816(o[dt], a, b[0], b[1]);
                 mma_16816(o[dt + 1], a, b[2], b[3]);
@@ -259,6 +264,55 @@ __global__ void __launch_bounds__(WARPS * 32)
     l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 2);
     l1 += __shfl_xor_sync(Q3_FULL_MASK, l1, 1);
     l1 += __shfl_xor_sync(Q3_FULL_MASK, l1, 2);
+    if (DEC) {
+        /* Merge the warps' partial softmaxes (log2 domain) into warp 0:
+         * O = sum_w o_w 2^(m_w - M), L = sum_w l_w 2^(m_w - M). The tiles'
+         * shared memory is free now. */
+        __syncthreads();
+        float *xm = reinterpret_cast<float *>(smem), *xl = xm + WARPS * 16, *xo = xl + WARPS * 16;
+        if (tq == 0) {
+            xm[warp * 16 + g] = m0;
+            xm[warp * 16 + g + 8] = m1;
+            xl[warp * 16 + g] = l0;
+            xl[warp * 16 + g + 8] = l1;
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            *reinterpret_cast<float2 *>(xo + (warp * 16 + g) * D + dt * 8 + 2 * tq) = make_float2(o[dt][0], o[dt][1]);
+            *reinterpret_cast<float2 *>(xo + (warp * 16 + g + 8) * D + dt * 8 + 2 * tq) = make_float2(o[dt][2], o[dt][3]);
+        }
+        __syncthreads();
+        if (warp != 0)
+            return;
+        float M0 = -INFINITY, M1 = -INFINITY;
+#pragma unroll
+        for (int v = 0; v < WARPS; v++) {
+            M0 = fmaxf(M0, xm[v * 16 + g]);
+            M1 = fmaxf(M1, xm[v * 16 + g + 8]);
+        }
+        l0 = l1 = 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+            o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+#pragma unroll
+        for (int v = 0; v < WARPS; v++) {
+            const float f0 = xm[v * 16 + g] == -INFINITY ? 0.0f : exp2f(xm[v * 16 + g] - M0);
+            const float f1 = xm[v * 16 + g + 8] == -INFINITY ? 0.0f : exp2f(xm[v * 16 + g + 8] - M1);
+            l0 += xl[v * 16 + g] * f0;
+            l1 += xl[v * 16 + g + 8] * f1;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                const float2 a = *reinterpret_cast<const float2 *>(xo + (v * 16 + g) * D + dt * 8 + 2 * tq);
+                const float2 c = *reinterpret_cast<const float2 *>(xo + (v * 16 + g + 8) * D + dt * 8 + 2 * tq);
+                o[dt][0] += a.x * f0;
+                o[dt][1] += a.y * f0;
+                o[dt][2] += c.x * f1;
+                o[dt][3] += c.y * f1;
+            }
+        }
+        m0 = M0;
+        m1 = M1;
+    }
     const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     if (w.part < 0) {
         __half *d0 = q0 ? out + ((int64_t)(sg.tok0 + r0 / G) * n_heads + w.kv_head * G + r0 % G) * D : nullptr;
@@ -335,6 +389,13 @@ static constexpr size_t attn_smem_bytes(int D, bool i8, int f16_stages)
            (i8 ? 2 * ((size_t)ATT_KB * D * 2 + ATT_KB * 8) : 0);
 }
 
+/* The decode merge reuses the tiles' memory: 4 warps x 16 rows x (D + 2). */
+static constexpr size_t attn_smem_dec_bytes(int D, bool i8)
+{
+    return attn_smem_bytes(D, i8, 2) > (size_t)4 * 16 * (D + 2) * 4 ? attn_smem_bytes(D, i8, 2)
+                                                                     : (size_t)4 * 16 * (D + 2) * 4;
+}
+
 template <int D, bool I8>
 static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
@@ -342,28 +403,20 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         float *part_o, float *part_lse, cudaStream_t s)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    const size_t smem1 = attn_smem_bytes(D, I8, 1), smem2 = attn_smem_bytes(D, I8, 2);
+    const size_t smem2 = attn_smem_bytes(D, I8, 2), smemd = attn_smem_dec_bytes(D, I8);
     static bool attr_set = false; /* once per instantiation; harmless if repeated */
     if (!attr_set) {
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem1);
-        cudaFuncSetAttribute(attn_kernel<D, 1, I8, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem1);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
         attr_set = true;
     }
     if (n_large > 0)
-        attn_kernel<D, 4, I8, 2><<<n_large, 128, smem2, s>>>(q, out, segs, w_large, pages, kv, layer,
-                                                            n_heads, scale_log2, part_o, part_lse);
-    /* Decode tiles are 16 rows: one warp computes. With few tiles (small
-     * batches) or int8 pages, four warps stage the K/V tile (and convert
-     * it): issuing a 32 KB tile from one warp takes longer than multiplying
-     * it. With many tiles, one-warp blocks keep more tiles resident.
-     * (Measured on the H100: batch 1 +2%, batch 16-64 -4..-8% with four.) */
-    if (n_small > 0 && (I8 || n_small < 1024))
-        attn_kernel<D, 4, I8, 1><<<n_small, 128, smem1, s>>>(q, out, segs, w_small, pages, kv, layer,
-                                                            n_heads, scale_log2, part_o, part_lse);
-    else if (n_small > 0)
-        attn_kernel<D, 1, I8, 1><<<n_small, 32, smem1, s>>>(q, out, segs, w_small, pages, kv, layer,
-                                                           n_heads, scale_log2, part_o, part_lse);
+        attn_kernel<D, 4, I8, 2, false><<<n_large, 128, smem2, s>>>(
+            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+    /* Decode tiles are 16 rows; the four warps split each key tile. */
+    if (n_small > 0)
+        attn_kernel<D, 4, I8, 2, true><<<n_small, 128, smemd, s>>>(
+            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
