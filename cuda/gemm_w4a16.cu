@@ -724,10 +724,11 @@ static const w4_cfg *w4_config(void)
 static int w4_rows(void) { return w4_config()->rows; }
 
 /*
- * The split of K depends on N, K and the GPU only, never on M, and rows are
- * done in launches of at most 64: a row's sums then run in the same order
- * whatever else shares the batch, so a sequence gets the same logits alone
- * or in a ragged batch (batch invariance).
+ * Splits of the mma kernel (products of more than 16 rows). They depend on
+ * N, K and the GPU only, never on M, and rows are done in launches of at
+ * most 64: a row's sums run in the same order whatever else shares a batch
+ * of more than 16 rows (batches of up to 16 use the small kernel, which
+ * keeps the same promise among themselves).
  */
 extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
 {
