@@ -389,8 +389,11 @@ static int config_from_json(model_config *cfg, const json_t *root, const char *p
         cfg_int(root, "intermediate_size", 1, 0, 1, big, &inter, path, "", err) ||
         cfg_int(root, "max_position_embeddings", 0, 32768, 1, 1LL << 30, &maxpos, path, "", err))
         return -1;
-    /* head_dim null means hidden / heads, as in transformers */
-    if (cfg_int(root, "head_dim", 0, hidden / heads, 1, 65536, &head_dim, path, "", err))
+    /* As transformers reads a Qwen3 config: a missing head_dim is
+     * Qwen3Config's default, 128; an explicit null falls back to
+     * hidden / heads in the attention layer. */
+    if (cfg_int(root, "head_dim", 0, json_object_get(root, "head_dim") ? hidden / heads : 128, 1,
+                65536, &head_dim, path, "", err))
         return -1;
     if (heads % kv)
         return errorf(err,

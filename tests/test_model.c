@@ -961,6 +961,13 @@ static void test_bad_configs(void)
     CHECK(cfg.rope_theta == 500000.0 && !cfg.rope_yarn);
     CHECK_INT_EQ(cfg.n_eos, 3);
     CHECK(cfg.eos_ids[0] == 7 && cfg.eos_ids[1] == 151643 && cfg.eos_ids[2] == 151645);
+    /* no head_dim at all: Qwen3Config's default, 128 (not hidden / heads) */
+    rc = model_config_parse(&cfg,
+                            "{\"vocab_size\": 16, \"hidden_size\": 64, \"num_hidden_layers\": 2,"
+                            " \"num_attention_heads\": 4, \"intermediate_size\": 32}",
+                            "nohd/config.json", &err);
+    CHECK_MSG(rc == 0, "%s", err.msg);
+    CHECK_INT_EQ(cfg.head_dim, 128);
 
     /* YaRN details: betas, truncate, attention_factor, legacy "type" */
     rc = model_config_parse(&cfg,
