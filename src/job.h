@@ -27,7 +27,8 @@
  *   sampling:                          defaults follow Qwen3's advice per mode
  *     temperature: 0.7                 0..2 (0 = greedy); thinking 0.6
  *     top_p: 0.8                       (0, 1]; thinking 0.95
- *     top_k: 20                        0..1000000 (0 = off)
+ *     top_k: 20                        0..1000000 (0 = off; the CUDA backend
+ *                                      keeps at most the 1,024 likeliest)
  *     min_p: 0                         0..1
  *     presence_penalty: 0              0..2
  *     seed: 0                          0..2^63-1; same seed, same document,
