@@ -18,12 +18,11 @@
 
 #define ATT_KB 64
 
-/* F16_ST: stages of fp16 tiles (1 or 2); int8 pages always have two
- * stages of raw bytes. DEC: a decode tile of 16 rows, whose keys the warps
+/* DEC: a decode tile of 16 rows, whose keys the warps
  * split (warp w takes keys 16w..16w+15 of every 64-key tile, with its own
  * running softmax) and merge at the end; otherwise each warp has 16 rows of
  * its own and all the keys. */
-template <int D, int WARPS, bool I8, int F16_ST, bool DEC>
+template <int D, int WARPS, bool I8, bool DEC>
 __global__ void __launch_bounds__(WARPS * 32)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                 const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
@@ -31,12 +30,11 @@ __global__ void __launch_bounds__(WARPS * 32)
                 float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse)
 {
     constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
-    /* Dynamic shared memory (attn_smem_bytes). With two stages the copy of
-     * tile i + 1 runs while tile i is multiplied: fp16 pages land in
+    /* Dynamic shared memory (attn_smem_bytes), two stages so that the copy
+     * of tile i + 1 runs while tile i is multiplied: fp16 pages land in
      * sK/sV[stage]; int8 pages land in sK8/sV8[stage] and become fp16 in a
      * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). */
-    constexpr int F16_STAGES = I8 ? 1 : F16_ST;
-    constexpr bool PREFETCH = I8 || F16_ST == 2;
+    constexpr int F16_STAGES = I8 ? 1 : 2;
     extern __shared__ __align__(16) unsigned char smem[];
     __half *sK0 = reinterpret_cast<__half *>(smem);
     __half *sV0 = sK0 + F16_STAGES * KB * LDS;
@@ -108,15 +106,12 @@ __global__ void __launch_bounds__(WARPS * 32)
     };
 
     int st = 0;
-    if (PREFETCH && w.key_begin < w.key_end)
+    if (w.key_begin < w.key_end)
         issue(w.key_begin, 0);
-    for (int kb = w.key_begin; kb < w.key_end; kb += KB, st ^= PREFETCH ? 1 : 0) {
+    for (int kb = w.key_begin; kb < w.key_end; kb += KB, st ^= 1) {
         /* The stage written here was last read in the previous iteration,
          * which ended with a barrier. */
-        if (!PREFETCH) {
-            issue(kb, 0);
-            cp_async_wait_pending<0>();
-        } else if (kb + KB < w.key_end) {
+        if (kb + KB < w.key_end) {
             issue(kb + KB, st ^ 1);
             cp_async_wait_pending<1>();
         } else {
@@ -381,18 +376,18 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
     }
 }
 
-static constexpr size_t attn_smem_bytes(int D, bool i8, int f16_stages)
+static constexpr size_t attn_smem_bytes(int D, bool i8)
 {
     /* sK, sV (two stages for fp16 pages, one for int8), and for int8 two
      * stages of raw K, V and their scales */
-    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : f16_stages) +
+    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : 2) +
            (i8 ? 2 * ((size_t)ATT_KB * D * 2 + ATT_KB * 8) : 0);
 }
 
 /* The decode merge reuses the tiles' memory: 4 warps x 16 rows x (D + 2). */
 static constexpr size_t attn_smem_dec_bytes(int D, bool i8)
 {
-    return attn_smem_bytes(D, i8, 2) > (size_t)4 * 16 * (D + 2) * 4 ? attn_smem_bytes(D, i8, 2)
+    return attn_smem_bytes(D, i8) > (size_t)4 * 16 * (D + 2) * 4 ? attn_smem_bytes(D, i8)
                                                                      : (size_t)4 * 16 * (D + 2) * 4;
 }
 
@@ -403,19 +398,19 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         float *part_o, float *part_lse, cudaStream_t s)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    const size_t smem2 = attn_smem_bytes(D, I8, 2), smemd = attn_smem_dec_bytes(D, I8);
+    const size_t smem2 = attn_smem_bytes(D, I8), smemd = attn_smem_dec_bytes(D, I8);
     static bool attr_set = false; /* once per instantiation; harmless if repeated */
     if (!attr_set) {
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
         attr_set = true;
     }
     if (n_large > 0)
-        attn_kernel<D, 4, I8, 2, false><<<n_large, 128, smem2, s>>>(
+        attn_kernel<D, 4, I8, false><<<n_large, 128, smem2, s>>>(
             q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
     /* Decode tiles are 16 rows; the four warps split each key tile. */
     if (n_small > 0)
-        attn_kernel<D, 4, I8, 2, true><<<n_small, 128, smemd, s>>>(
+        attn_kernel<D, 4, I8, true><<<n_small, 128, smemd, s>>>(
             q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
 }
 
