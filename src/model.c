@@ -594,7 +594,7 @@ static int st_dtype(const char *s, int *elem_size, int *model_dt)
     return -1;
 }
 
-static const char *dtype_name(enum model_dtype d)
+const char *model_dtype_name(enum model_dtype d)
 {
     switch (d) {
     case MODEL_F32:
@@ -826,7 +826,7 @@ static int expect_float(model *m, const model_tensor *t, errbuf *err)
     if (t->dtype == MODEL_F32 || t->dtype == MODEL_F16 || t->dtype == MODEL_BF16)
         return 0;
     return errorf(err, "%s: tensor '%s': dtype %s, expected F32, F16 or BF16", tensor_file(m, t),
-                  t->name, dtype_name(t->dtype));
+                  t->name, model_dtype_name(t->dtype));
 }
 
 static int load_vector(model *m, const char *name, int64_t n, model_tensor *out, errbuf *err)
@@ -868,7 +868,7 @@ static int load_linear(model *m, const char *prefix, int64_t out_f, int64_t in_f
         return -1;
     if (l->qweight.dtype != MODEL_I32)
         return errorf(err, "%s: tensor '%s': dtype %s, expected I32", tensor_file(m, &l->qweight),
-                      name, dtype_name(l->qweight.dtype));
+                      name, model_dtype_name(l->qweight.dtype));
     if (expect_shape(m, &l->qweight, 2, in_f, out_f / 8, err))
         return -1;
     snprintf(name, sizeof name, "%s.qzeros", prefix);
@@ -876,7 +876,7 @@ static int load_linear(model *m, const char *prefix, int64_t out_f, int64_t in_f
         return -1;
     if (l->qzeros.dtype != MODEL_I32)
         return errorf(err, "%s: tensor '%s': dtype %s, expected I32", tensor_file(m, &l->qzeros),
-                      name, dtype_name(l->qzeros.dtype));
+                      name, model_dtype_name(l->qzeros.dtype));
     if (expect_shape(m, &l->qzeros, 2, in_f / g, out_f / 8, err))
         return -1;
     snprintf(name, sizeof name, "%s.scales", prefix);
@@ -884,7 +884,7 @@ static int load_linear(model *m, const char *prefix, int64_t out_f, int64_t in_f
         return -1;
     if (l->scales.dtype != MODEL_F16)
         return errorf(err, "%s: tensor '%s': dtype %s, expected F16", tensor_file(m, &l->scales),
-                      name, dtype_name(l->scales.dtype));
+                      name, model_dtype_name(l->scales.dtype));
     if (expect_shape(m, &l->scales, 2, in_f / g, out_f, err))
         return -1;
     return 0;

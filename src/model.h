@@ -29,6 +29,9 @@
 
 enum model_dtype { MODEL_F32 = 0, MODEL_F16, MODEL_BF16, MODEL_I32 };
 
+/* The safetensors spelling of a dtype ("BF16", ...). */
+const char *model_dtype_name(enum model_dtype d);
+
 typedef struct model_tensor {
     enum model_dtype dtype;
     int n_dims;

@@ -29,21 +29,6 @@ size_t stw_dtype_size(enum model_dtype dtype)
     return dtype == MODEL_F16 || dtype == MODEL_BF16 ? 2 : 4;
 }
 
-const char *stw_dtype_name(enum model_dtype dtype)
-{
-    switch (dtype) {
-    case MODEL_F32:
-        return "F32";
-    case MODEL_F16:
-        return "F16";
-    case MODEL_BF16:
-        return "BF16";
-    case MODEL_I32:
-        return "I32";
-    }
-    return "?";
-}
-
 static void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
@@ -102,7 +87,7 @@ int stw_write(const stwriter *w, const char *path, errbuf *err)
         for (int d = 0; d < t->n_dims; d++)
             json_array_append_new(shape, json_integer(t->shape[d]));
         json_t *entry =
-            json_pack("{s:s, s:o, s:[I, I]}", "dtype", stw_dtype_name(t->dtype), "shape", shape,
+            json_pack("{s:s, s:o, s:[I, I]}", "dtype", model_dtype_name(t->dtype), "shape", shape,
                       "data_offsets", (json_int_t)offset, (json_int_t)(offset + t->n_bytes));
         json_object_set_new(header, t->name, entry);
         offset += t->n_bytes;

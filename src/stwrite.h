@@ -41,9 +41,6 @@ void stw_free(stwriter *w);
 /* Element size of a dtype in bytes. */
 size_t stw_dtype_size(enum model_dtype dtype);
 
-/* The safetensors spelling of a dtype ("BF16", ...). */
-const char *stw_dtype_name(enum model_dtype dtype);
-
 /* Adds a tensor of n_dims (1..4) dimensions; copies name and data
  * (prod(shape) * element size bytes). Aborts on allocation failure. */
 void stw_add(stwriter *w, const char *name, enum model_dtype dtype, int n_dims,
