@@ -284,15 +284,8 @@ int cmd_generate(int argc, char **argv)
     json_object_set_new(res, "completion_tokens", json_integer(n_out));
     json_object_set_new(res, "seconds", json_real(t_prefill + t_decode));
     json_object_set_new(res, "backend", json_string(e->backend_name));
-    char *s = json_dumps(res, JSON_COMPACT);
-    json_decref(res);
-    if (!s) {
-        errorf(&err, "out of memory");
-        goto out;
-    }
-    puts(s);
-    free(s);
-    rc = EXIT_OK;
+    if (cmdu_print_json(res, JSON_COMPACT, &err) == 0)
+        rc = EXIT_OK;
 out:
     if (rc)
         cli_fail("generate", rc, "%s", err.msg);

@@ -137,15 +137,9 @@ int cmd_score(int argc, char **argv)
     json_object_set_new(res, "backend", json_string(e->backend_name));
     json_object_set_new(res, "argmax", argmax);
     json_object_set_new(res, "seconds", json_real(seconds));
-    char *text = json_dumps(res, 0); /* one line, ", " and ": " separators */
-    json_decref(res);
-    if (!text) {
-        errorf(&err, "out of memory");
-        goto out;
-    }
-    puts(text);
-    free(text);
-    rc = EXIT_OK;
+    /* flags 0: one line, ", " and ": " separators */
+    if (cmdu_print_json(res, 0, &err) == 0)
+        rc = EXIT_OK;
 out:
     if (rc)
         cli_fail("score", rc, "%s", err.msg);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cmd_util.h"
 #include "job.h"
 #include "ledger.h"
 
@@ -111,15 +112,13 @@ int cmd_status(int argc, char **argv)
         if (as_json) {
             json_t *o =
                 json_pack("{s:s, s:n, s:s}", "job", j.path, "ledger", "message", "no run yet");
-            char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-            puts(text);
-            free(text);
-            json_decref(o);
+            rc = cmdu_print_json(o, JSON_COMPACT | JSON_PRESERVE_ORDER, &err);
         } else {
             printf("%s: no run yet (no ledger at %s)\n", j.path, j.ledger_path);
+            rc = 0;
         }
         job_free(&j);
-        return EXIT_OK;
+        return rc ? cli_fail("status", EXIT_FAILURE_, "%s", err.msg) : EXIT_OK;
     }
     ledger_counts_t cnt;
     if (rc < 0 || ledger_counts(l, &cnt, &err) < 0) {
@@ -135,6 +134,7 @@ int cmd_status(int argc, char **argv)
     double prompt_tok_s = secs > 0 ? cnt.run_prompt_tokens / secs : 0;
     double completion_tok_s = secs > 0 ? cnt.run_completion_tokens / secs : 0;
 
+    int code = EXIT_OK;
     if (as_json) {
         json_t *o =
             json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "job", j.path, "ledger",
@@ -168,10 +168,8 @@ int cmd_status(int argc, char **argv)
         json_object_set_new(o, "eta_s", eta >= 0 ? json_real(eta) : json_null());
         json_object_set_new(o, "eta_pace_run",
                             cnt.has_pace ? json_integer(cnt.pace.id) : json_null());
-        char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-        puts(text);
-        free(text);
-        json_decref(o);
+        if (cmdu_print_json(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6), &err))
+            code = cli_fail("status", EXIT_FAILURE_, "%s", err.msg);
     } else {
         int64_t total = cnt.pending + cnt.done + cnt.failed;
         printf("job:       %s\nledger:    %s%s%s%s\n", j.path, j.ledger_path,
@@ -242,5 +240,5 @@ int cmd_status(int argc, char **argv)
     }
     ledger_close(l);
     job_free(&j);
-    return EXIT_OK;
+    return code;
 }

@@ -111,3 +111,14 @@ int cmdu_write_f32(const char *path, const float *data, size_t n, errbuf *err)
                       strerror(wrote != n ? write_errno : errno));
     return 0;
 }
+
+int cmdu_print_json(json_t *o, size_t flags, errbuf *err)
+{
+    char *text = o ? json_dumps(o, flags) : NULL;
+    json_decref(o);
+    if (!text)
+        return errorf(err, "out of memory");
+    puts(text);
+    free(text);
+    return 0;
+}

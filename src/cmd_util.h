@@ -1,5 +1,5 @@
 /*
- * cmd_util.h - option parsing shared by the score and generate commands.
+ * cmd_util.h - option parsing and output shared by the commands.
  *
  * Each parser reads a whole option value strictly (no trailing junk, range
  * checked) and returns 0, or -1 with a sentence for the user in err that
@@ -8,6 +8,7 @@
 #ifndef Q3_CMD_UTIL_H
 #define Q3_CMD_UTIL_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 #include "engine.h"
@@ -28,6 +29,10 @@ int cmdu_parse_backend(const char *opt, const char *s, enum eng_backend *out, er
 
 /* Monotonic seconds, for timings. */
 double cmdu_now(void);
+
+/* Prints o as one line on stdout (jansson dump flags) and drops the caller's
+ * reference to it; -1 with "out of memory" in err when it cannot be encoded. */
+int cmdu_print_json(json_t *o, size_t flags, errbuf *err);
 
 /* Writes n floats to path as float32 little endian. */
 int cmdu_write_f32(const char *path, const float *data, size_t n, errbuf *err);
