@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int check_failures;
@@ -43,6 +44,20 @@ static inline int check_exit(const char *name)
 {
     printf("%s: %d checks, %d failed\n", name, check_count, check_failures);
     return check_failures ? 1 : 0;
+}
+
+/* check_exit(), and the test's scratch folder removed when every check
+ * passed (kept, and named, for a look when one failed). */
+static inline int check_exit_clean(const char *name, const char *dir)
+{
+    int rc = check_exit(name);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (rc)
+        fprintf(stderr, "files kept in %s\n", dir);
+    else if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    return rc;
 }
 
 #endif

@@ -964,14 +964,5 @@ int main(void)
     test_folders();
     test_config_errors();
     test_shipped();
-    int rc = check_exit("test_ingest");
-    if (!rc) {
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-        if (system(cmd))
-            fprintf(stderr, "could not remove %s\n", tmp);
-    } else {
-        fprintf(stderr, "files kept in %s\n", tmp);
-    }
-    return rc;
+    return check_exit_clean("test_ingest", tmp);
 }

@@ -600,12 +600,5 @@ int main(void)
     test_configs();
     test_lock();
     test_reader_while_writing();
-    int rc = check_exit("test_ledger");
-    if (rc == 0) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
-    return rc;
+    return check_exit_clean("test_ledger", tmpdir);
 }

@@ -222,12 +222,5 @@ int main(void)
     CHECK_HAS(out, "did not end cleanly");
     sb_release(&out);
     sb_release(&want);
-    int rc = check_exit("test_ledger_cmds");
-    if (rc == 0) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
-    return rc;
+    return check_exit_clean("test_ledger_cmds", tmpdir);
 }

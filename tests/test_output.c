@@ -591,12 +591,5 @@ int main(void)
     test_protocol();
     test_config_change();
     test_kill();
-    int rc = check_exit("test_output");
-    if (rc == 0) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
-    return rc;
+    return check_exit_clean("test_output", tmpdir);
 }
