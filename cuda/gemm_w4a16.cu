@@ -13,7 +13,10 @@
  * in a fixed order (no atomics, so results are reproducible).
  *
  * Decode steps of up to 16 rows use w4a16_small_kernel instead (weights as
- * the A operand, straight to registers; see there). Prefill (large M)
+ * the A operand, straight to registers; see there), and products of 17 to
+ * dequant_min_m rows w4a16_rows_kernel, 64 rows at a time (the same layout
+ * with x streamed through shared memory); the mma kernel remains for
+ * shapes those two do not take. Prefill (large M)
  * dequantizes to fp16 (cu_w4a16_dequant) and lets cuBLAS run the product;
  * that choice is made in cuda_engine.c.
  */
@@ -390,18 +393,60 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
  * group % 64 == 0, as AWQ's 128). The split of K depends on K, N and the GPU
  * only, never on M, so a row gets the same sums in any batch of up to 8.
  */
-#define W4S_WARPS 4             /* column tiles (16 wide) per block */
 #define W4S_MAX_ROWS 16
 #define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
 #define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
 
 /* tiles_shift: log2(group / 64); the group of tile kt is kt >> tiles_shift
  * (a division here was most of the loop's instructions). */
+/* The A fragment (q - z) of one packed word, exact in fp16: nibble pair j
+ * (= 2t + r: column t, k-half r) masked in place gives 1024 + q for j = 0, 2
+ * and 1024 + 16q for j = 1, 3, so one shift serves four pairs and each is
+ * one sub or one fma. z: 1024 + zero; zs: -(64 + zero). A wants r-major
+ * order: a[0] = j0, a[1] = j2, a[2] = j1, a[3] = j3. */
+static __device__ __forceinline__ void w4_pairs(uint32_t w, __half2 z0, __half2 z1, __half2 zs0,
+                                                __half2 zs1, __half2 h16th, __half2 a[4])
+{
+    const uint32_t w8 = w >> 8;
+    a[0] = __hsub2(u32_as_h2(lop3_and_or(w, 0x000f000fu, 0x64006400u)), z0);
+    a[2] = __hfma2(u32_as_h2(lop3_and_or(w, 0x00f000f0u, 0x64006400u)), h16th, zs0);
+    a[1] = __hsub2(u32_as_h2(lop3_and_or(w8, 0x000f000fu, 0x64006400u)), z1);
+    a[3] = __hfma2(u32_as_h2(lop3_and_or(w8, 0x00f000f0u, 0x64006400u)), h16th, zs1);
+}
+
+/* Split K, per warp of 16 columns (tile nt): the last split to finish adds
+ * the partial sums part[split][M][N] in split order (deterministic) and
+ * writes y, then re-arms the tile's counter. Counted per warp, so warps of
+ * dead tiles, which return early, are never waited for. */
+static __device__ void w4_reduce_last_split(float *part, size_t counters_off, int M, int N, int nt,
+                                            int lane, __half *y, int ldy)
+{
+    int *counters = reinterpret_cast<int *>(part) + counters_off;
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0)
+        last = atomicAdd(&counters[nt], 1) == (int)gridDim.y - 1;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last)
+        return;
+    __threadfence();
+    for (int idx = lane; idx < M * 16; idx += 32) {
+        const int r = idx >> 4, col = nt * 16 + (idx & 15);
+        float a = 0.0f;
+        for (int sp = 0; sp < (int)gridDim.y; sp++)
+            a += __ldcg(part + ((int64_t)sp * M + r) * N + col);
+        y[(int64_t)r * ldy + col] = __float2half_rn(a);
+    }
+    if (lane == 0)
+        counters[nt] = 0;
+}
+
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
  * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
  * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. */
-template <int NB>
-__global__ void __launch_bounds__(W4S_WARPS * 32, NB == 1 ? 8 : 6)
+template <int NB, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                        const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
                        __half *__restrict__ y, int ldy, float *__restrict__ part,
@@ -412,7 +457,7 @@ __global__ void __launch_bounds__(W4S_WARPS * 32, NB == 1 ? 8 : 6)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tq = lane & 3;
     const int kt_count = K / 64, nt_count = N / 16;
-    const int nt = blockIdx.x * W4S_WARPS + warp;
+    const int nt = blockIdx.x * WARPS + warp;
     const bool live = nt < nt_count;
     const int kt0 = blockIdx.y * kt_per_split;
     const int kt1 = min(kt0 + kt_per_split, kt_count);
@@ -441,7 +486,7 @@ __global__ void __launch_bounds__(W4S_WARPS * 32, NB == 1 ? 8 : 6)
 
     /* Rows >= M read row M, all zeros, so that every lane's address moves
      * the same way (the compiler folds the steps into the instruction). */
-    for (int idx = tid; idx < (M + 1) * (n_kt * 8); idx += W4S_WARPS * 32) {
+    for (int idx = tid; idx < (M + 1) * (n_kt * 8); idx += WARPS * 32) {
         const int r = idx / (n_kt * 8), c = idx % (n_kt * 8);
         *reinterpret_cast<uint4 *>(sx + r * lds + c * 8) =
             r < M ? *reinterpret_cast<const uint4 *>(x + (int64_t)r * ldx + kt0 * 64 + c * 8)
@@ -487,21 +532,10 @@ __global__ void __launch_bounds__(W4S_WARPS * 32, NB == 1 ? 8 : 6)
             float c[NB][4] = {};
 #pragma unroll
             for (int ks = 0; ks < 4; ks++) {
-                /* Nibble pair j (= 2t + r: column t, k-half r) of the word:
-                 * j = 0, 2 masked in place give fp16 1024 + q, j = 1, 3 give
-                 * 1024 + 16q, so one shift serves four pairs and (q - z) is
-                 * one sub or one fma, exact. A wants r-major order. */
-                const uint32_t w = words[ks], w8 = w >> 8;
-                uint32_t a[4];
-                __half2 h;
-                h = __hsub2(u32_as_h2(lop3_and_or(w, 0x000f000fu, 0x64006400u)), z0);
-                a[0] = h2_as_u32(h);
-                h = __hfma2(u32_as_h2(lop3_and_or(w, 0x00f000f0u, 0x64006400u)), h16th, zs0);
-                a[2] = h2_as_u32(h);
-                h = __hsub2(u32_as_h2(lop3_and_or(w8, 0x000f000fu, 0x64006400u)), z1);
-                a[1] = h2_as_u32(h);
-                h = __hfma2(u32_as_h2(lop3_and_or(w8, 0x00f000f0u, 0x64006400u)), h16th, zs1);
-                a[3] = h2_as_u32(h);
+                __half2 a2[4];
+                w4_pairs(words[ks], z0, z1, zs0, zs1, h16th, a2);
+                const uint32_t a[4] = {h2_as_u32(a2[0]), h2_as_u32(a2[1]), h2_as_u32(a2[2]),
+                                       h2_as_u32(a2[3])};
 #pragma unroll
                 for (int nb = 0; nb < NB; nb++)
                     mma_16816(c[nb], a, b[nb][ks >> 1][(ks & 1) * 2], b[nb][ks >> 1][(ks & 1) * 2 + 1]);
@@ -540,37 +574,32 @@ __global__ void __launch_bounds__(W4S_WARPS * 32, NB == 1 ? 8 : 6)
                 part[((int64_t)blockIdx.y * M + r) * N + col1] = acc[nb][2 + h];
             }
         }
-    /* The last split to finish this column block adds the partial sums in
-     * split order (deterministic), as in the mma kernel. Counted per warp:
-     * warps of dead tiles left above. */
-    int *counters = reinterpret_cast<int *>(part) + part_counters_off;
-    __threadfence();
-    __syncwarp();
-    int last = 0;
-    if (lane == 0)
-        last = atomicAdd(&counters[blockIdx.x * W4S_WARPS + warp], 1) == (int)gridDim.y - 1;
-    last = __shfl_sync(0xffffffffu, last, 0);
-    if (!last)
-        return;
-    __threadfence();
-    for (int idx = lane; idx < M * 16; idx += 32) {
-        const int r = idx >> 4, col = nt * 16 + (idx & 15);
-        float a = 0.0f;
-        for (int sp = 0; sp < (int)gridDim.y; sp++)
-            a += __ldcg(part + ((int64_t)sp * M + r) * N + col);
-        y[(int64_t)r * ldy + col] = __float2half_rn(a);
-    }
-    if (lane == 0)
-        counters[blockIdx.x * W4S_WARPS + warp] = 0;
+    w4_reduce_last_split(part, part_counters_off, M, N, nt, lane, y, ldy);
 }
 
 /* Resident blocks of the small kernel per SM (registers and threads; the
  * x slice of one row is small). */
+/* Column tiles (warps) per block: 8, or 4 with QWEN3_BATCH_W4S_WARPS=4 (for
+ * measurements). Every block stages its own copy of x from L2, so wider
+ * blocks halve that traffic, which at 16 rows is as large as the weights:
+ * measured on the H100 (bench/w4a16.cu), 16 rows, per layer 154.2 -> 141.9
+ * us (gate_up 67.2 -> 56.8), equal at 1-8 rows. */
+static int w4s_warps(void)
+{
+    static int w = 0;
+    if (!w) {
+        const char *e = getenv("QWEN3_BATCH_W4S_WARPS");
+        w = e && atoi(e) == 4 ? 4 : 8;
+    }
+    return w;
+}
+
 static int w4s_blocks_per_sm(void)
 {
     static int n = 0;
-    if (!n && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4a16_small_kernel<1>,
-                                                            W4S_WARPS * 32, 4096) != cudaSuccess ||
+    if (!n && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                   &n, w4s_warps() == 8 ? w4a16_small_kernel<1, 8> : w4a16_small_kernel<1, 4>,
+                   w4s_warps() * 32, 4096) != cudaSuccess ||
                n < 1))
         n = 1;
     cudaGetLastError();
@@ -585,7 +614,7 @@ static int w4s_blocks_per_sm(void)
  * Depends on K, N and the GPU only, never on M. */
 static int w4s_splits(int K, int N, int n_sm)
 {
-    const int kt = K / 64, col_blocks = (N / 16 + W4S_WARPS - 1) / W4S_WARPS;
+    const int kt = K / 64, col_blocks = (N / 16 + w4s_warps() - 1) / w4s_warps();
     int sp = n_sm * w4s_blocks_per_sm() / col_blocks;
     if (sp > kt / 4)
         sp = kt / 4;
@@ -620,10 +649,11 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
         if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
             optin = 48 * 1024;
         int most = (int)((size_t)(W4S_MAX_ROWS + 1) * (W4S_MAX_SLICE_KT * 64 + 8) * 2);
-        cudaFuncSetAttribute(w4a16_small_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             most < optin ? most : optin);
-        cudaFuncSetAttribute(w4a16_small_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             most < optin ? most : optin);
+        const int lim = most < optin ? most : optin;
+        cudaFuncSetAttribute(w4a16_small_kernel<1, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
+        cudaFuncSetAttribute(w4a16_small_kernel<2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
+        cudaFuncSetAttribute(w4a16_small_kernel<1, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
+        cudaFuncSetAttribute(w4a16_small_kernel<2, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
     }
     const int tiles_per_group = group / 64;
     if (M > W4S_MAX_ROWS || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
@@ -631,7 +661,7 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
         return cudaErrorNotSupported;
     const int kt = K / 64, sp = w4s_splits(K, N, n_sm);
     const int kps = (kt + sp - 1) / sp;
-    const int bx = (N / 16 + W4S_WARPS - 1) / W4S_WARPS;
+    const int wp = w4s_warps(), bx = (N / 16 + wp - 1) / wp;
     const size_t smem = (size_t)(M + 1) * (kps * 64 + 8) * 2;
     if (smem > (size_t)optin)
         return cudaErrorNotSupported;
@@ -640,12 +670,263 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
     dim3 grid(bx, sp);
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
-    if (M <= 8)
-        w4a16_small_kernel<1><<<grid, W4S_WARPS * 32, smem, s>>>(
-            x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+    const size_t co = part_floats - W4_COUNTERS;
+    if (wp == 8 && M <= 8)
+        w4a16_small_kernel<1, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
+    else if (wp == 8)
+        w4a16_small_kernel<2, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
+    else if (M <= 8)
+        w4a16_small_kernel<1, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
     else
-        w4a16_small_kernel<2><<<grid, W4S_WARPS * 32, smem, s>>>(
-            x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+        w4a16_small_kernel<2, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
+    return cudaGetLastError();
+}
+
+/*
+ * Batches of 17-64 rows (decode at batch 17-64, and each 64-row chunk of a
+ * larger product below the cuBLAS threshold). The small kernel's layout:
+ * weights are the A operand, dequantized once per fragment and multiplied
+ * with all NB groups of 8 rows, straight from a register ring. x cannot be
+ * staged whole here (64 rows x a K slice is too much shared memory), so it
+ * streams through two stages of W4R_CK tiles with cp.async, one barrier per
+ * chunk; the ring depth equals the chunk so that a tile's slot is its index
+ * in the chunk. The scale is applied to the fragment in fp16, as the mma
+ * kernel and the dequantization for cuBLAS do: one multiply per pair serves
+ * all the rows. Splits of K depend on K, N and the GPU only.
+ */
+#define W4R_CK 4 /* tiles per x chunk = the register ring's depth */
+
+template <int NB>
+static __host__ __device__ constexpr size_t w4r_smem_bytes()
+{
+    return (size_t)2 * (NB * 8 + 1) * (W4R_CK * 64 + 8) * 2;
+}
+
+template <int NB, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
+    w4a16_rows_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
+                      const __half2 *__restrict__ sz, int K, int N, int tiles_shift,
+                      int kt_per_split, __half *__restrict__ y, int ldy, float *__restrict__ part,
+                      size_t part_counters_off)
+{
+    constexpr int ROWS = NB * 8 + 1, LDS = W4R_CK * 64 + 8, STAGE = ROWS * LDS, U = W4R_CK;
+    extern __shared__ __align__(16) unsigned char w4r_smem[];
+    __half *sx = reinterpret_cast<__half *>(w4r_smem);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int kt_count = K / 64, nt_count = N / 16;
+    const int nt = blockIdx.x * WARPS + warp;
+    const bool live = nt < nt_count;
+    const int kt0 = blockIdx.y * kt_per_split;
+    const int n_kt = min(kt0 + kt_per_split, kt_count) - kt0;
+    const int n_chunks = (n_kt + U - 1) / U;
+
+    const int col0 = (live ? nt : 0) * 16 + g, col1 = col0 + 8;
+    const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
+    const __half2 *szc = sz + col0;
+    uint4 buf[U];
+    __half2 sv0[U], sv1[U];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        if (live && u < n_kt) {
+            const __half2 *p = szc + ((kt0 + u) >> tiles_shift) * N;
+            buf[u] = ld_stream(src + u * 32);
+            sv0[u] = __ldg(p);
+            sv1[u] = __ldg(p + 8);
+        }
+
+    /* Rows M.. of both stages stay zero (copies write rows < M only). */
+    for (int idx = tid; idx < 2 * (ROWS - M) * (LDS / 8); idx += WARPS * 32) {
+        const int st = idx / ((ROWS - M) * (LDS / 8)), rem = idx % ((ROWS - M) * (LDS / 8));
+        *reinterpret_cast<uint4 *>(sx + st * STAGE + (M + rem / (LDS / 8)) * LDS +
+                                   (rem % (LDS / 8)) * 8) = make_uint4(0, 0, 0, 0);
+    }
+    auto stage_x = [&](int c, int st) {
+        for (int idx = tid; idx < M * (U * 8); idx += WARPS * 32) {
+            const int r = idx / (U * 8), cc = idx % (U * 8);
+            const int kt = c * U + cc / 8; /* within the slice */
+            const bool ok = kt < n_kt;
+            cp_async16(sx + st * STAGE + r * LDS + cc * 8,
+                       ok ? x + (int64_t)r * ldx + (int64_t)(kt0 + c * U) * 64 + cc * 8 : x,
+                       ok ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    stage_x(0, 0);
+
+    uint32_t xa[NB];
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++)
+        xa[nb] = (uint32_t)__cvta_generic_to_shared(sx + min(nb * 8 + (lane & 7), M) * LDS +
+                                                    (lane >> 3) * 8);
+    const __half2 h960 = __float2half2_rn(960.0f), h16th = __float2half2_rn(0.0625f);
+    float acc[NB][4] = {};
+
+    for (int c = 0; c < n_chunks; c++) {
+        /* The stage filled here was read in iteration c - 1, which ended
+         * with a barrier. */
+        if (c + 1 < n_chunks) {
+            stage_x(c + 1, (c + 1) & 1);
+            cp_async_wait_pending<1>();
+        } else {
+            cp_async_wait_pending<0>();
+        }
+        __syncthreads();
+        const uint32_t xs = (uint32_t)((c & 1) * STAGE * 2);
+        if (live) {
+#pragma unroll
+            for (int t = 0; t < U; t++) {
+                const int kt = c * U + t;
+                if (kt >= n_kt)
+                    break;
+                const uint32_t words[4] = {buf[t].x, buf[t].y, buf[t].z, buf[t].w};
+                const __half2 z0 = __high2half2(sv0[t]), z1 = __high2half2(sv1[t]);
+                const __half2 zs0 = __hsub2(h960, z0), zs1 = __hsub2(h960, z1);
+                const __half2 s0 = __low2half2(sv0[t]), s1 = __low2half2(sv1[t]);
+                if (kt + U < n_kt) {
+                    const __half2 *p = szc + ((kt0 + kt + U) >> tiles_shift) * N;
+                    buf[t] = ld_stream(src + (kt + U) * 32);
+                    sv0[t] = __ldg(p);
+                    sv1[t] = __ldg(p + 8);
+                }
+#pragma unroll
+                for (int kp = 0; kp < 2; kp++) {
+                    uint32_t a[2][4];
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        /* as in the small kernel, then w = (q - z) * s in fp16 */
+                        __half2 a2[4];
+                        w4_pairs(words[kp * 2 + h], z0, z1, zs0, zs1, h16th, a2);
+                        /* a[0], a[2]: column col0; a[1], a[3]: col1 */
+                        a[h][0] = h2_as_u32(__hmul2(a2[0], s0));
+                        a[h][1] = h2_as_u32(__hmul2(a2[1], s1));
+                        a[h][2] = h2_as_u32(__hmul2(a2[2], s0));
+                        a[h][3] = h2_as_u32(__hmul2(a2[3], s1));
+                    }
+#pragma unroll
+                    for (int nb = 0; nb < NB; nb++) {
+                        uint32_t b[4];
+                        ldmatrix_x4_at(b, xa[nb] + xs + (t * 64 + kp * 32) * 2);
+                        mma_16816(acc[nb], a[0], b[0], b[1]);
+                        mma_16816(acc[nb], a[1], b[2], b[3]);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    if (!live)
+        return;
+
+    /* acc[nb]: (column col0, rows 8nb + 2tq, + 1), (col1, same rows). */
+    if (!part) {
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = nb * 8 + 2 * tq + h;
+                if (r < M) {
+                    y[(int64_t)r * ldy + col0] = __float2half_rn(acc[nb][h]);
+                    y[(int64_t)r * ldy + col1] = __float2half_rn(acc[nb][2 + h]);
+                }
+            }
+        return;
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = nb * 8 + 2 * tq + h;
+            if (r < M) {
+                part[((int64_t)blockIdx.y * M + r) * N + col0] = acc[nb][h];
+                part[((int64_t)blockIdx.y * M + r) * N + col1] = acc[nb][2 + h];
+            }
+        }
+    w4_reduce_last_split(part, part_counters_off, M, N, nt, lane, y, ldy);
+}
+
+/* Splits of K for the rows kernel: about three blocks per SM, at least 8
+ * tiles each (the partial sums of 64 rows cost 2 x 256 bytes per column
+ * per split). Depends on K, N and the GPU only. */
+/* As w4s_warps, for the rows kernel (QWEN3_BATCH_W4R_WARPS=4): per layer
+ * at 64 rows 382.5 -> 317.3 us, at 32 rows 231.7 -> 203.3 us. */
+static int w4r_warps(void)
+{
+    static int w = 0;
+    if (!w) {
+        const char *e = getenv("QWEN3_BATCH_W4R_WARPS");
+        w = e && atoi(e) == 4 ? 4 : 8;
+    }
+    return w;
+}
+
+static int w4r_splits(int K, int N, int n_sm)
+{
+    /* Resident blocks per SM: 3 of 4 warps, 2 of 8 (registers and x stages). */
+    const int wp = w4r_warps(), kt = K / 64, col_blocks = (N / 16 + wp - 1) / wp;
+    const long slots = (long)n_sm * (wp == 8 ? 2 : 3);
+    /* time ~ waves x (tiles per block + ~4 to fill the ring and stage x) */
+    int best = 1;
+    long best_cost = -1;
+    for (int sp = 1; sp <= 4 && sp <= kt / 8; sp++) {
+        const int kps = (kt + sp - 1) / sp;
+        if ((kt + kps - 1) / kps != sp)
+            continue;
+        const long waves = ((long)col_blocks * sp + slots - 1) / slots;
+        const long cost = waves * (kps + 4);
+        if (best_cost < 0 || cost < best_cost) {
+            best_cost = cost;
+            best = sp;
+        }
+    }
+    return best;
+}
+
+/* Launches rows [0, M) (M <= 64) of the product through the rows kernel;
+ * cudaErrorNotSupported, having launched nothing, where it does not apply
+ * (group not a power-of-two multiple of 64, or too little shared memory
+ * for two blocks per SM). */
+static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
+                               const __half2 *sz, int K, int N, int group, __half *y, int ldy,
+                               float *part, size_t part_floats, int n_sm, cudaStream_t s)
+{
+    static int per_sm = -1;
+    if (per_sm < 0) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+            per_sm = 0;
+        cudaFuncSetAttribute(w4a16_rows_kernel<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)w4r_smem_bytes<4>());
+        cudaFuncSetAttribute(w4a16_rows_kernel<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)w4r_smem_bytes<8>());
+        cudaFuncSetAttribute(w4a16_rows_kernel<4, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)w4r_smem_bytes<4>());
+        cudaFuncSetAttribute(w4a16_rows_kernel<8, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)w4r_smem_bytes<8>());
+        cudaGetLastError();
+    }
+    const int tiles_per_group = group / 64;
+    const size_t smem = M <= 32 ? w4r_smem_bytes<4>() : w4r_smem_bytes<8>();
+    if (M > 64 || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
+        N / 16 > W4_COUNTERS || (size_t)per_sm < 2 * smem)
+        return cudaErrorNotSupported;
+    const int kt = K / 64, sp = w4r_splits(K, N, n_sm), kps = (kt + sp - 1) / sp;
+    if (sp > 1 && (size_t)sp * M * N > part_floats - W4_COUNTERS)
+        return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
+    const int wp = w4r_warps();
+    dim3 grid((N / 16 + wp - 1) / wp, sp);
+    const int sh = __builtin_ctz((unsigned)tiles_per_group);
+    float *p = sp > 1 ? part : NULL;
+    const size_t co = part_floats - W4_COUNTERS;
+    if (wp == 8 && M <= 32)
+        w4a16_rows_kernel<4, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
+    else if (wp == 8)
+        w4a16_rows_kernel<8, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
+    else if (M <= 32)
+        w4a16_rows_kernel<4, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
+    else
+        w4a16_rows_kernel<8, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
     return cudaGetLastError();
 }
 
@@ -724,11 +1005,11 @@ static const w4_cfg *w4_config(void)
 static int w4_rows(void) { return w4_config()->rows; }
 
 /*
- * Splits of the mma kernel (products of more than 16 rows). They depend on
- * N, K and the GPU only, never on M, and rows are done in launches of at
- * most 64: a row's sums run in the same order whatever else shares a batch
- * of more than 16 rows (batches of up to 16 use the small kernel, which
- * keeps the same promise among themselves).
+ * Splits of the mma kernel (the fallback). They depend on N, K and the GPU
+ * only, never on M, and rows are done in launches of at most 64: a row's
+ * sums run in the same order whatever else shares a batch of more than 16
+ * rows (batches of up to 16 use the small kernel, larger ones the rows
+ * kernel, and each keeps the same promise among its own batches).
  */
 extern "C" int cu_w4a16_splits(int K, int N, int n_sm)
 {
@@ -782,6 +1063,15 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
                                      part_floats, n_sm, s);
         if (e != cudaErrorNotSupported)
             return e;
+        /* More than 16 rows: 64-row chunks through the rows kernel (a short
+         * last chunk too, so a row's sums do not depend on where it sits). */
+        e = cudaSuccess;
+        for (int m0 = 0; m0 < M && e == cudaSuccess; m0 += 64)
+            e = launch_rows((const __half *)x + (int64_t)m0 * ldx, M - m0 < 64 ? M - m0 : 64, ldx,
+                            (const uint4 *)qw, (const __half2 *)sz, K, N, group,
+                            (__half *)y + (int64_t)m0 * ldy, ldy, part, part_floats, n_sm, s);
+        if (e != cudaErrorNotSupported)
+            return e;
     }
     for (int m0 = 0; m0 < M; m0 += step) {
         int rows = M - m0 < step ? M - m0 : step;
@@ -819,7 +1109,9 @@ extern "C" size_t cu_w4a16_part_floats(int K, int N, int n_sm)
 {
     size_t mma = (size_t)cu_w4a16_splits(K, N, n_sm) * w4_rows() * N;
     size_t small = (size_t)w4s_splits(K, N, n_sm) * W4S_MAX_ROWS * N;
-    return (mma > small ? mma : small) + W4_COUNTERS;
+    size_t rows = (size_t)w4r_splits(K, N, n_sm) * 64 * N;
+    size_t most = mma > small ? mma : small;
+    return (most > rows ? most : rows) + W4_COUNTERS;
 }
 
 extern "C" cudaError_t cu_w4a16_init_scratch(float *part, size_t part_floats, cudaStream_t s)

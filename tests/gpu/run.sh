@@ -16,6 +16,7 @@
 # refs:       score --backend cuda vs cpu on every reference checkpoint
 # bench:      qwen3-batch bench --synthetic qwen3-14b, issue #4/#5 workloads
 # profile:    the same with --profile: GPU time per operation
+# w4bench:    tests/gpu/w4a16_bench.cu (int4 products alone; needs nvcc)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=${top_srcdir:-$(cd "$here/../.." && pwd)}
@@ -131,6 +132,13 @@ do_bench_quick() {
     bench --npp 4096 --ntg 1 --npl 1
 }
 
+do_w4bench() {
+    step "w4a16_bench"
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_86,code=sm_86 \
+        -o "$log/w4a16_bench" "$here/w4a16_bench.cu" || { fail "w4a16_bench: build"; return; }
+    "$log/w4a16_bench" 2>&1 | tee "$log/w4bench.log" || fail "w4a16_bench"
+}
+
 do_profile() {
     bench --npp 512,4096 --ntg 16 --npl 1,64 --profile
 }
@@ -144,6 +152,7 @@ for what in "$@"; do
     bench) do_bench ;;
     bench-quick) do_bench_quick ;;
     profile) do_profile ;;
+    w4bench) do_w4bench ;;
     all) do_check; do_sanitize; do_refs; do_bench ;;
     *) echo "unknown: $what"; exit 2 ;;
     esac
