@@ -3,7 +3,11 @@
 # over a synthetic corpus of N documents (default 2000) whose lengths are
 # log-normal between 200 and 30,000 tokens, 256 new tokens each,
 # non-thinking, on random AWQ weights in Qwen3-14B shapes (--synthetic-model).
-#   QWEN3_BATCH=... tests/gpu/corpus_bench.sh [N] [MAX_RUN_TIME]
+#   QWEN3_BATCH=... tests/gpu/corpus_bench.sh [N] [MAX_RUN_TIME] [DIR]
+# With DIR the corpus, job, ledger and results live there and are kept: a
+# second call with the same DIR resumes the run (the corpus is built only
+# when DIR has none), so the whole corpus can be measured over several
+# time-limited calls; the summary line of each call counts its own part.
 # Prints the run's summary line; documents per hour = docs_finished /
 # seconds * 3600; engine_seconds / seconds is the GPU-busy share; the rest
 # is startup + ingest (startup_ingest_seconds), results + ledger
@@ -12,7 +16,9 @@ set -eu
 Q=${QWEN3_BATCH:-./qwen3-batch}
 N=${1:-2000}
 LIMIT=${2:-0}
-dir=$(mktemp -d)
+dir=${3:-$(mktemp -d)}
+mkdir -p "$dir"
+if [ ! -f "$dir/job.yaml" ]; then
 "$Q" make-demo-model "$dir/tok" >/dev/null   # for its (real) tokenizer only
 python3 - "$dir/corpus.jsonl" "$N" <<'PY'
 import json, math, random, sys
@@ -47,12 +53,14 @@ runtime:
   backend: cuda
   progress: json
 Y
-[ "$LIMIT" != 0 ] && printf '  max_run_time: %s\n' "$LIMIT" >>"$dir/job.yaml"
+fi
+set --
+[ "$LIMIT" != 0 ] && set -- --max-run-time "$LIMIT"
 python3 -c "
 import json; L=[len(json.loads(l)['text'].split()) for l in open('$dir/corpus.jsonl')]
 print('corpus: %d docs, words min %d median %d mean %d max %d, total %d' % (len(L), min(L), sorted(L)[len(L)//2], sum(L)/len(L), max(L), sum(L)))"
 set +e
-"$Q" run "$dir/job.yaml" --synthetic-model qwen3-14b >"$dir/out.log" 2>"$dir/err.log"
+"$Q" run "$dir/job.yaml" --synthetic-model qwen3-14b "$@" >"$dir/out.log" 2>"$dir/err.log"
 rc=$?
 tail -n 1 "$dir/out.log"
 set -e
