@@ -43,6 +43,16 @@ static __device__ __forceinline__ float block_sum(float v, float *scratch32)
     return warp_sum(v);
 }
 
+/* 2^x as the bare MUFU.EX2 (results below 2^-126 flush to zero): exp2f
+ * adds a range check and two multiplies around it for subnormal results,
+ * which softmax weights never need. */
+static __device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
 {
     __half2 h = __floats2half2_rn(lo, hi);
