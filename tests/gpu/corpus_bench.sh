@@ -5,9 +5,11 @@
 # non-thinking, on random AWQ weights in Qwen3-14B shapes (--synthetic-model).
 #   QWEN3_BATCH=... tests/gpu/corpus_bench.sh [N] [MAX_RUN_TIME] [DIR]
 # With DIR the corpus, job, ledger and results live there and are kept: a
-# second call with the same DIR resumes the run (the corpus is built only
-# when DIR has none), so the whole corpus can be measured over several
-# time-limited calls; the summary line of each call counts its own part.
+# second call with the same DIR resumes the run, so the whole corpus can be
+# measured over several time-limited calls (the summary line of each call
+# counts its own part). The tokenizer, corpus and job are made only where
+# DIR lacks them, the same each time (seeded), so a DIR that holds only
+# job.ledger.sqlite and job.jsonl from another machine resumes too.
 # Prints the run's summary line; documents per hour = docs_finished /
 # seconds * 3600; engine_seconds / seconds is the GPU-busy share; the rest
 # is startup + ingest (startup_ingest_seconds), results + ledger
@@ -18,9 +20,8 @@ N=${1:-2000}
 LIMIT=${2:-0}
 dir=${3:-$(mktemp -d)}
 mkdir -p "$dir"
-if [ ! -f "$dir/job.yaml" ]; then
-"$Q" make-demo-model "$dir/tok" >/dev/null   # for its (real) tokenizer only
-python3 - "$dir/corpus.jsonl" "$N" <<'PY'
+[ -d "$dir/tok" ] || "$Q" make-demo-model "$dir/tok" >/dev/null   # for its (real) tokenizer only
+[ -f "$dir/corpus.jsonl" ] || python3 - "$dir/corpus.jsonl" "$N" <<'PY'
 import json, math, random, sys
 path, n = sys.argv[1], int(sys.argv[2])
 rng = random.Random(2026)
@@ -34,7 +35,7 @@ with open(path, "w") as f:
         t = int(min(30000, max(200, rng.lognormvariate(math.log(2000), 1.0))))
         f.write(json.dumps({"id": "doc%05d" % i, "text": " ".join(rng.choice(words) for _ in range(t))}) + "\n")
 PY
-cat >"$dir/job.yaml" <<Y
+[ -f "$dir/job.yaml" ] || cat >"$dir/job.yaml" <<Y
 model: tok
 tokenizer: tok
 inputs:
@@ -53,7 +54,6 @@ runtime:
   backend: cuda
   progress: json
 Y
-fi
 set --
 [ "$LIMIT" != 0 ] && set -- --max-run-time "$LIMIT"
 python3 -c "
