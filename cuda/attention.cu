@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
     int8_t *sV80 = sK80 + 2 * KB * D;
     float *sKs0 = reinterpret_cast<float *>(sV80 + 2 * KB * D);
     float *sVs0 = sKs0 + 2 * KB;
+    pdl_trigger();
     const cu_attn_work w = works[blockIdx.x];
     if (w.seg < 0)
         return; /* padding of a fixed grid (CUDA graphs) */
@@ -79,10 +80,24 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
         o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
+    /* The (key, 8-column chunk) pieces of a tile this thread copies and
+     * converts. In a decode tile each warp reads only its own 16 keys, so it
+     * copies them itself and a warp barrier orders them: the warps run
+     * through the tiles independently, with no block barrier per tile. */
+    const int c_first = DEC ? warp * (KB / WARPS) * CH + lane : threadIdx.x;
+    const int c_end = DEC ? (warp + 1) * (KB / WARPS) * CH : KB * CH;
+    const int c_step = DEC ? 32 : NT;
+    auto tile_sync = [] {
+        if (DEC)
+            __syncwarp();
+        else
+            __syncthreads();
+    };
+
     /* Copies one K/V tile into a stage, every copy in flight at once
      * (cp.async); keys past the range are zero-filled so that 0 * V stays 0. */
     auto issue = [&](int kb, int st) {
-        for (int c = threadIdx.x; c < KB * CH; c += NT) {
+        for (int c = c_first; c < c_end; c += c_step) {
             const int key = c / CH, dc = c % CH, kpos = kb + key;
             const bool ok = kpos < w.key_end;
             const int page = ok ? pages[sg.page0 + kpos / kv.page_size] : 0;
@@ -121,7 +136,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
         } else {
             cp_async_wait_pending<0>();
         }
-        __syncthreads();
+        tile_sync();
         __half *sK = sK0 + (F16_STAGES == 2 ? st : 0) * KB * LDS;
         __half *sV = sV0 + (F16_STAGES == 2 ? st : 0) * KB * LDS;
         const int8_t *sK8 = sK80 + st * KB * D, *sV8 = sV80 + st * KB * D;
@@ -131,7 +146,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
              * 0x64XX is 1024 + XX in fp16, so with XX = b ^ 0x80 one byte
              * permute and one subtraction of 1152 give b. */
             const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
-            for (int c = threadIdx.x; c < KB * CH; c += NT) {
+            for (int c = c_first; c < c_end; c += c_step) {
                 const int key = c / CH, dc = c % CH;
                 const uint2 kq = *reinterpret_cast<const uint2 *>(sK8 + key * D + dc * 8);
                 const uint2 vq = *reinterpret_cast<const uint2 *>(sV8 + key * D + dc * 8);
@@ -157,7 +172,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
                 *reinterpret_cast<uint4 *>(sK + key * LDS + dc * 8) = make_uint4(out[0], out[1], out[2], out[3]);
                 *reinterpret_cast<uint4 *>(sV + key * LDS + dc * 8) = make_uint4(out[4], out[5], out[6], out[7]);
             }
-            __syncthreads();
+            tile_sync();
         }
 
         float s[NTW][4];
@@ -254,7 +269,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
                 mma_16816(o[dt + 1], a, b[2], b[3]);
             }
         }
-        __syncthreads(); /* the next iteration refills the other stage */
+        tile_sync(); /* the next iteration refills the other stage */
     }
 
     l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 1);
@@ -343,6 +358,7 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
                                     int n_kv_heads, const float *__restrict__ part_o,
                                     const float *__restrict__ part_lse)
 {
+    pdl_trigger();
     const cu_attn_combine c = comb[blockIdx.x];
     if (c.n_parts <= 0)
         return;

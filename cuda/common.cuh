@@ -14,6 +14,27 @@
 
 #define Q3_FULL_MASK 0xffffffffu
 
+/* Programmatic dependent launch (sm_90; no-ops before): a kernel calls
+ * pdl_trigger() to let the next kernel in the stream, if that one was
+ * launched with the programmatic-serialization attribute, start on SMs as
+ * they free up; that kernel may only read what this one writes after its
+ * pdl_wait(), which returns once this grid has finished and its writes are
+ * visible. The int4 products use it to fetch their first weight tiles
+ * while the kernel before them drains. */
+static __device__ __forceinline__ void pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 static __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

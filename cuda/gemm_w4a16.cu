@@ -442,6 +442,34 @@ static __device__ void w4_reduce_last_split(float *part, size_t counters_off, in
         counters[nt] = 0;
 }
 
+/* The end of the small and rows kernels: acc[nb] holds (column col0, rows
+ * 8nb + 2tq, + 1) and (col0 + 8, same rows). Without splits the sums go to
+ * y; with them to part[split], and the last split adds them up. */
+template <int NB>
+static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, int N, int col0,
+                                                int tq, int nt, int lane, __half *y, int ldy,
+                                                float *part, size_t counters_off)
+{
+    const int col1 = col0 + 8;
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = nb * 8 + 2 * tq + h;
+            if (r >= M)
+                continue;
+            if (part) {
+                part[((int64_t)blockIdx.y * M + r) * N + col0] = acc[nb][h];
+                part[((int64_t)blockIdx.y * M + r) * N + col1] = acc[nb][2 + h];
+            } else {
+                y[(int64_t)r * ldy + col0] = __float2half_rn(acc[nb][h]);
+                y[(int64_t)r * ldy + col1] = __float2half_rn(acc[nb][2 + h]);
+            }
+        }
+    if (part)
+        w4_reduce_last_split(part, counters_off, M, N, nt, lane, y, ldy);
+}
+
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
  * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
  * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. */
@@ -470,7 +498,7 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
      * in flight. The scales are loaded with the weights: fetched at use, a
      * cold group costs a whole memory round trip per tile (measured: half
      * the bandwidth). The first tiles are requested before x is staged. */
-    const int col0 = (live ? nt : 0) * 16 + g, col1 = col0 + 8;
+    const int col0 = (live ? nt : 0) * 16 + g;
     const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
     const __half2 *szc = sz + col0;
     uint4 buf[W4S_U];
@@ -484,6 +512,7 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
             sv1[u] = __ldg(p + 8);
         }
 
+    pdl_wait(); /* x comes from the kernel before */
     /* Rows >= M read row M, all zeros, so that every lane's address moves
      * the same way (the compiler folds the steps into the instruction). */
     for (int idx = tid; idx < (M + 1) * (n_kt * 8); idx += WARPS * 32) {
@@ -550,31 +579,42 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
         }
     }
 
-    /* acc[nb]: (column col0, rows 8nb + 2tq, + 1), (col1, same rows). */
-    if (!part) {
-#pragma unroll
-        for (int nb = 0; nb < NB; nb++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = nb * 8 + 2 * tq + h;
-                if (r < M) {
-                    y[(int64_t)r * ldy + col0] = __float2half_rn(acc[nb][h]);
-                    y[(int64_t)r * ldy + col1] = __float2half_rn(acc[nb][2 + h]);
-                }
-            }
-        return;
+    w4_store<NB>(acc, M, N, col0, tq, nt, lane, y, ldy, part, part_counters_off);
+}
+
+/* The small and rows kernels' signature. */
+typedef void (*w4_kernel_fn)(const __half *, int, int, const uint4 *, const __half2 *, int, int,
+                             int, int, __half *, int, float *, size_t);
+
+/* Launches an int4 kernel, on sm_90 with programmatic dependent launch
+ * (see pdl_wait): its blocks start as the kernel before them drains and
+ * fetch their first weight tiles meanwhile. QWEN3_BATCH_NO_PDL=1 turns it
+ * off (for measurements). */
+static cudaError_t w4_launch(w4_kernel_fn k, dim3 grid, int threads, size_t smem, cudaStream_t s,
+                             const __half *x, int M, int ldx, const uint4 *qw, const __half2 *sz,
+                             int K, int N, int sh, int kps, __half *y, int ldy, float *part,
+                             size_t counters_off)
+{
+    static int pdl = -1;
+    if (pdl < 0) {
+        int dev = 0, major = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        const char *e = getenv("QWEN3_BATCH_NO_PDL");
+        pdl = major >= 9 && !(e && *e == '1');
     }
-#pragma unroll
-    for (int nb = 0; nb < NB; nb++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = nb * 8 + 2 * tq + h;
-            if (r < M) {
-                part[((int64_t)blockIdx.y * M + r) * N + col0] = acc[nb][h];
-                part[((int64_t)blockIdx.y * M + r) * N + col1] = acc[nb][2 + h];
-            }
-        }
-    w4_reduce_last_split(part, part_counters_off, M, N, nt, lane, y, ldy);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, part,
+                              counters_off);
 }
 
 /* Resident blocks of the small kernel per SM (registers and threads; the
@@ -670,16 +710,10 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
     dim3 grid(bx, sp);
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
-    const size_t co = part_floats - W4_COUNTERS;
-    if (wp == 8 && M <= 8)
-        w4a16_small_kernel<1, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    else if (wp == 8)
-        w4a16_small_kernel<2, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    else if (M <= 8)
-        w4a16_small_kernel<1, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    else
-        w4a16_small_kernel<2, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    return cudaGetLastError();
+    w4_kernel_fn k = wp == 8 ? (M <= 8 ? w4a16_small_kernel<1, 8> : w4a16_small_kernel<2, 8>)
+                             : (M <= 8 ? w4a16_small_kernel<1, 4> : w4a16_small_kernel<2, 4>);
+    return w4_launch(k, grid, wp * 32, smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p,
+                     part_floats - W4_COUNTERS);
 }
 
 /*
@@ -721,7 +755,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     const int n_kt = min(kt0 + kt_per_split, kt_count) - kt0;
     const int n_chunks = (n_kt + U - 1) / U;
 
-    const int col0 = (live ? nt : 0) * 16 + g, col1 = col0 + 8;
+    const int col0 = (live ? nt : 0) * 16 + g;
     const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
     const __half2 *szc = sz + col0;
     uint4 buf[U];
@@ -735,6 +769,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
             sv1[u] = __ldg(p + 8);
         }
 
+    pdl_wait(); /* x comes from the kernel before */
     /* Rows M.. of both stages stay zero (copies write rows < M only). */
     for (int idx = tid; idx < 2 * (ROWS - M) * (LDS / 8); idx += WARPS * 32) {
         const int st = idx / ((ROWS - M) * (LDS / 8)), rem = idx % ((ROWS - M) * (LDS / 8));
@@ -818,31 +853,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     if (!live)
         return;
 
-    /* acc[nb]: (column col0, rows 8nb + 2tq, + 1), (col1, same rows). */
-    if (!part) {
-#pragma unroll
-        for (int nb = 0; nb < NB; nb++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = nb * 8 + 2 * tq + h;
-                if (r < M) {
-                    y[(int64_t)r * ldy + col0] = __float2half_rn(acc[nb][h]);
-                    y[(int64_t)r * ldy + col1] = __float2half_rn(acc[nb][2 + h]);
-                }
-            }
-        return;
-    }
-#pragma unroll
-    for (int nb = 0; nb < NB; nb++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = nb * 8 + 2 * tq + h;
-            if (r < M) {
-                part[((int64_t)blockIdx.y * M + r) * N + col0] = acc[nb][h];
-                part[((int64_t)blockIdx.y * M + r) * N + col1] = acc[nb][2 + h];
-            }
-        }
-    w4_reduce_last_split(part, part_counters_off, M, N, nt, lane, y, ldy);
+    w4_store<NB>(acc, M, N, col0, tq, nt, lane, y, ldy, part, part_counters_off);
 }
 
 /* Splits of K for the rows kernel: about three blocks per SM, at least 8
@@ -918,16 +929,10 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
     dim3 grid((N / 16 + wp - 1) / wp, sp);
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
-    const size_t co = part_floats - W4_COUNTERS;
-    if (wp == 8 && M <= 32)
-        w4a16_rows_kernel<4, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    else if (wp == 8)
-        w4a16_rows_kernel<8, 8><<<grid, 256, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    else if (M <= 32)
-        w4a16_rows_kernel<4, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    else
-        w4a16_rows_kernel<8, 4><<<grid, 128, smem, s>>>(x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, co);
-    return cudaGetLastError();
+    w4_kernel_fn k = wp == 8 ? (M <= 32 ? w4a16_rows_kernel<4, 8> : w4a16_rows_kernel<8, 8>)
+                             : (M <= 32 ? w4a16_rows_kernel<4, 4> : w4a16_rows_kernel<8, 4>);
+    return w4_launch(k, grid, wp * 32, smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p,
+                     part_floats - W4_COUNTERS);
 }
 
 template <int MT, int WARPS, int STAGES>

@@ -11,6 +11,7 @@ __global__ void rmsnorm_kernel(float *__restrict__ x, const __half *__restrict__
                                float eps, __half *__restrict__ out)
 {
     __shared__ float scratch[32];
+    pdl_trigger();
     int r = blockIdx.x;
     int64_t src = rows ? rows[r] : r;
     float *xr = x + src * H;
@@ -43,6 +44,7 @@ __global__ void rmsnorm_vec_kernel(float *__restrict__ x, const __half *__restri
                                    const float *__restrict__ w, float eps, __half *__restrict__ out)
 {
     __shared__ float scratch[32];
+    pdl_trigger();
     const int r = blockIdx.x, H4 = H / 4;
     const int64_t src = rows ? rows[r] : r;
     float4 *xr = reinterpret_cast<float4 *>(x + src * H);

@@ -7,6 +7,7 @@
 __global__ void swiglu_kernel(const __half2 *__restrict__ gu, int T, int I2, __half2 *__restrict__ act)
 {
     /* I2 = I / 2 pairs per row */
+    pdl_trigger();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)T * I2)
         return;
