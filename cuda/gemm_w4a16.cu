@@ -586,6 +586,22 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
 typedef void (*w4_kernel_fn)(const __half *, int, int, const uint4 *, const __half2 *, int, int,
                              int, int, __half *, int, float *, size_t);
 
+/* An attribute of the current device, or fallback where it cannot be read. */
+static int w4_dev_attr(enum cudaDeviceAttr a, int fallback)
+{
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, a, dev) != cudaSuccess)
+        return fallback;
+    return v;
+}
+
+/* Lets each of the n kernels take up to bytes of dynamic shared memory. */
+static void w4_set_max_smem(const w4_kernel_fn *k, int n, size_t bytes)
+{
+    for (int i = 0; i < n; i++)
+        cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
+
 /* Launches an int4 kernel, on sm_90 with programmatic dependent launch
  * (see pdl_wait): its blocks start as the kernel before them drains and
  * fetch their first weight tiles meanwhile. QWEN3_BATCH_NO_PDL=1 turns it
@@ -597,11 +613,8 @@ static cudaError_t w4_launch(w4_kernel_fn k, dim3 grid, int threads, size_t smem
 {
     static int pdl = -1;
     if (pdl < 0) {
-        int dev = 0, major = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
         const char *e = getenv("QWEN3_BATCH_NO_PDL");
-        pdl = major >= 9 && !(e && *e == '1');
+        pdl = w4_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) >= 9 && !(e && *e == '1');
     }
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -684,16 +697,11 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
 {
     static int optin = -1;
     if (optin < 0) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-            optin = 48 * 1024;
+        optin = w4_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
         int most = (int)((size_t)(W4S_MAX_ROWS + 1) * (W4S_MAX_SLICE_KT * 64 + 8) * 2);
-        const int lim = most < optin ? most : optin;
-        cudaFuncSetAttribute(w4a16_small_kernel<1, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
-        cudaFuncSetAttribute(w4a16_small_kernel<2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
-        cudaFuncSetAttribute(w4a16_small_kernel<1, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
-        cudaFuncSetAttribute(w4a16_small_kernel<2, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim);
+        const w4_kernel_fn ks[] = {w4a16_small_kernel<1, 4>, w4a16_small_kernel<2, 4>,
+                                   w4a16_small_kernel<1, 8>, w4a16_small_kernel<2, 8>};
+        w4_set_max_smem(ks, 4, most < optin ? most : optin);
     }
     const int tiles_per_group = group / 64;
     if (M > W4S_MAX_ROWS || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
@@ -903,18 +911,11 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
 {
     static int per_sm = -1;
     if (per_sm < 0) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
-            per_sm = 0;
-        cudaFuncSetAttribute(w4a16_rows_kernel<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)w4r_smem_bytes<4>());
-        cudaFuncSetAttribute(w4a16_rows_kernel<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)w4r_smem_bytes<8>());
-        cudaFuncSetAttribute(w4a16_rows_kernel<4, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)w4r_smem_bytes<4>());
-        cudaFuncSetAttribute(w4a16_rows_kernel<8, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)w4r_smem_bytes<8>());
+        per_sm = w4_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
+        const w4_kernel_fn k4[] = {w4a16_rows_kernel<4, 4>, w4a16_rows_kernel<4, 8>};
+        const w4_kernel_fn k8[] = {w4a16_rows_kernel<8, 4>, w4a16_rows_kernel<8, 8>};
+        w4_set_max_smem(k4, 2, w4r_smem_bytes<4>());
+        w4_set_max_smem(k8, 2, w4r_smem_bytes<8>());
         cudaGetLastError();
     }
     const int tiles_per_group = group / 64;
@@ -983,10 +984,7 @@ static const w4_cfg *w4_config(void)
     static int done = 0;
     if (done)
         return &cfg;
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    cfg.big = v >= 220 * 1024;
+    cfg.big = w4_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) >= 220 * 1024;
     cfg.rows = cfg.big ? 64 : 32;
     /* Measured on the H100 (qwen3-14b decode, batch 1): 4 warps x 2 stages
      * (4 blocks, 16 warps per SM) 159 tok/s; 8x2 152; 4x4 130; 8x4 126:
