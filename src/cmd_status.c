@@ -1,7 +1,8 @@
 /*
  * cmd_status.c - `qwen3-batch status JOB.yaml [--json]`: where a job stands,
  * read from its ledger: documents per state, tokens, the last run and its
- * throughput, and an ETA for what is pending at that run's pace.
+ * throughput, the throughput over all runs of the configuration, and an
+ * ETA for what is pending at the last run's pace.
  *
  * Read-only and lock-free (WAL readers see a consistent snapshot), so it
  * works from another terminal or a monitoring script while a run goes on.
@@ -76,7 +77,9 @@ static int usage(FILE *f, int code)
                "Shows where a job stands, from its ledger: documents pending, done and\n"
                "failed (with the first failures' reasons), prompt and completion tokens,\n"
                "the last run (when, where, whether it is still going, its throughput),\n"
-               "and an ETA for the pending documents at the last run's pace.\n"
+               "the throughput over all runs of the job's configuration (a job resumed\n"
+               "or spread over several nights), and an ETA for the pending documents\n"
+               "at the last run's pace.\n"
                "Safe to run while a run is going. Says so when no run has written the\n"
                "ledger yet.\n\n"
                "  --json   one JSON object instead of text (for scripts)\n");
@@ -133,6 +136,11 @@ int cmd_status(int argc, char **argv)
     double docs_per_s = secs > 0 ? cnt.run_docs_done / secs : 0;
     double prompt_tok_s = secs > 0 ? cnt.run_prompt_tokens / secs : 0;
     double completion_tok_s = secs > 0 ? cnt.run_completion_tokens / secs : 0;
+    /* The job's throughput over all its runs (resumes, nightly windows). */
+    double all_secs = cnt.config_run_seconds;
+    double all_docs_per_h = all_secs > 0 ? cnt.done / all_secs * 3600 : 0;
+    double all_prompt_tok_s = all_secs > 0 ? cnt.done_prompt_tokens / all_secs : 0;
+    double all_completion_tok_s = all_secs > 0 ? cnt.done_completion_tokens / all_secs : 0;
 
     int code = EXIT_OK;
     if (as_json) {
@@ -165,6 +173,14 @@ int cmd_status(int argc, char **argv)
         } else {
             json_object_set_new(o, "last_run", json_null());
         }
+        json_object_set_new(o, "all_runs",
+                            cnt.config_runs > 0
+                                ? json_pack("{s:I, s:f, s:f, s:f, s:f}", "runs",
+                                            (json_int_t)cnt.config_runs, "seconds", all_secs,
+                                            "docs_per_hour", all_docs_per_h, "prompt_tok_s",
+                                            all_prompt_tok_s, "completion_tok_s",
+                                            all_completion_tok_s)
+                                : json_null());
         json_object_set_new(o, "eta_s", eta >= 0 ? json_real(eta) : json_null());
         json_object_set_new(o, "eta_pace_run",
                             cnt.has_pace ? json_integer(cnt.pace.id) : json_null());
@@ -208,6 +224,16 @@ int cmd_status(int argc, char **argv)
             printf("\n");
         } else {
             printf("last run:  none recorded\n");
+        }
+        if (cnt.config_runs > 1) {
+            char took[32];
+            fmt_duration(all_secs, took, sizeof took);
+            printf("all runs:  %lld runs of this configuration, %s in all", (long long)cnt.config_runs,
+                   took);
+            if (all_secs > 0)
+                printf(": %.0f docs/hour, %.4g prompt tok/s, %.4g completion tok/s",
+                       all_docs_per_h, all_prompt_tok_s, all_completion_tok_s);
+            printf("\n");
         }
         if (cnt.pending > 0) {
             char eta_s[32];

@@ -1089,6 +1089,24 @@ static int counts_locked(ledger *l, ledger_counts_t *c, errbuf *err)
         memcpy(c->run_backend, last.backend, sizeof c->run_backend);
         memcpy(c->run_version, last.version, sizeof c->run_version);
     }
+    /* Runs of this configuration; one that did not end counts up to its
+     * last finished document, as in load_run. */
+    if (sqlite3_prepare_v2(l->db,
+                           "SELECT count(*), total(CASE WHEN ended IS NOT NULL THEN seconds ELSE"
+                           " max(0, coalesce((SELECT max(finished_at) FROM documents d"
+                           " WHERE d.run_id = runs.id) - started, 0)) END)"
+                           " FROM runs WHERE config_hash IS ?1",
+                           -1, &s, NULL) != SQLITE_OK)
+        return db_error(l, err, "reading runs");
+    sqlite3_bind_text(s, 1, l->config_hash, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        c->config_runs = sqlite3_column_int64(s, 0);
+        c->config_run_seconds = sqlite3_column_double(s, 1);
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_ROW)
+        return db_error(l, err, "reading runs");
     if (query_id(l,
                  "SELECT run_id FROM documents WHERE done_seq IS NOT NULL AND run_id IS NOT NULL"
                  " ORDER BY done_seq DESC LIMIT 1",

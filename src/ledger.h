@@ -298,6 +298,12 @@ typedef struct ledger_counts_t {
     int64_t run_pid;
     char run_backend[32];
     char run_version[64];
+    /* Every run of the current configuration: how many, and their wall
+     * times added up (each as ledger_run_info.seconds), so that a job done
+     * over several runs (nightly windows, resumes after a kill) has one
+     * throughput: done / config_run_seconds. */
+    int64_t config_runs;
+    double config_run_seconds;
     /* The pace for an ETA: the run that finished the latest done document
      * (the last run may have finished none: killed early, still loading). */
     int has_pace;

@@ -392,6 +392,8 @@ static void test_retry_and_counts(void)
     CHECK_INT_EQ(c.run_prompt_tokens, 10);
     CHECK_INT_EQ(c.run_completion_tokens, 20);
     CHECK(c.run_doc_seconds == 4.0);
+    CHECK_INT_EQ(c.config_runs, 1);
+    CHECK(c.config_run_seconds == 4.0);
     CHECK_STR_EQ(c.run_backend, "cpu");
     CHECK_STR_EQ(c.run_version, "0.1");
     CHECK_INT_EQ(c.run_pid, getpid());
@@ -409,6 +411,10 @@ static void test_retry_and_counts(void)
     CHECK_INT_EQ(c.pace.id, run1);
     CHECK_INT_EQ(c.pace.docs_done, 1);
     CHECK(c.pace.seconds == 4.0);
+    /* All runs of "cfg": the ended one (4 s) and the open one, which has
+     * finished nothing yet (0 s). */
+    CHECK_INT_EQ(c.config_runs, 2);
+    CHECK(c.config_run_seconds == 4.0);
 
     /* retry-failed: the engine failure is queued again with its ids, the
      * ingest failure is deleted so that ingest meets it anew. */
@@ -466,6 +472,7 @@ static void test_configs(void)
     CHECK(ledger_counts(l, &c, &err) == 0);
     CHECK_INT_EQ(c.pending + c.done + c.failed, 0);
     CHECK_INT_EQ(c.other_configs, 3);
+    CHECK_INT_EQ(c.config_runs, 1); /* A's two runs are not B's */
     CHECK_INT_EQ(ledger_jsonl_end(l), 0);
     ledger_doc d;
     CHECK_INT_EQ(ledger_last_done(l, &d, &err), 0);
@@ -503,6 +510,7 @@ static void test_configs(void)
     CHECK_INT_EQ(c.pending, 1);
     CHECK_INT_EQ(c.failed, 1);
     CHECK_INT_EQ(c.other_configs, 1);
+    CHECK_INT_EQ(c.config_runs, 3);
     CHECK_INT_EQ(ledger_jsonl_end(l), 42);
     CHECK(ledger_retry_failed(l, &n, &err) == 0);
     CHECK_INT_EQ(n, 1);

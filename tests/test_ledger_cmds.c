@@ -95,6 +95,11 @@ static void fill_ledger(void)
     CHECK(out_finish_doc(o, "kd", "doc3", "docs.jsonl", &e, &err) == 0);
     ledger_run_totals t = {3, 2, 60, 300, 36.0};
     CHECK(ledger_run_end(l, run_id, &t, EXIT_DOCS_FAILED, &err) == 0);
+    /* A second run of the same configuration that finished nothing in 9 s
+     * (a resume cut short): the last run, and 45 s over all runs. */
+    ledger_run_totals t2 = {0, 0, 0, 0, 9.0};
+    CHECK(ledger_run_begin(l, "cfg", "cpu", "9.9", &run_id, &err) == 0);
+    CHECK(ledger_run_end(l, run_id, &t2, EXIT_TIME_LIMIT, &err) == 0);
     out_close(o);
     ledger_close(l);
 }
@@ -134,7 +139,9 @@ int main(void)
     CHECK_INT_EQ(run_cmd("status job.yaml", &out), EXIT_OK);
     CHECK_HAS(out, "documents: 6: 3 done, 1 pending, 2 failed");
     CHECK_HAS(out, "done 60 prompt + 300 completion; pending 50 prompt");
-    CHECK_HAS(out, "exit status 3");
+    CHECK_HAS(out, "exit status 4");
+    CHECK_HAS(out, "all runs:  2 runs of this configuration, 45s in all: 240 docs/hour, 1.333 "
+                   "prompt tok/s, 6.667 completion tok/s");
     CHECK_HAS(out, "docs.jsonl:7: malformed JSON");
     CHECK_HAS(out, "engine: sequence too long");
     CHECK_HAS(out, "version 9.9");
@@ -150,9 +157,14 @@ int main(void)
         CHECK_INT_EQ(json_integer_value(json_object_get(st, "failed")), 2);
         CHECK(json_is_false(json_object_get(st, "running")));
         json_t *run = json_object_get(st, "last_run");
-        CHECK_INT_EQ(json_integer_value(json_object_get(run, "exit_status")), 3);
-        CHECK(json_real_value(json_object_get(run, "seconds")) == 36.0);
-        /* 36 s for 360 tokens; pending: 50 prompt + 100 (mean completion). */
+        CHECK_INT_EQ(json_integer_value(json_object_get(run, "exit_status")), 4);
+        CHECK(json_real_value(json_object_get(run, "seconds")) == 9.0);
+        json_t *all = json_object_get(st, "all_runs");
+        CHECK_INT_EQ(json_integer_value(json_object_get(all, "runs")), 2);
+        CHECK(json_real_value(json_object_get(all, "seconds")) == 45.0);
+        CHECK(json_real_value(json_object_get(all, "docs_per_hour")) == 240.0);
+        /* The pace is run 1's, the last to finish a document: 36 s for 360
+         * tokens; pending: 50 prompt + 100 (mean completion). */
         double eta = json_real_value(json_object_get(st, "eta_s"));
         CHECK_MSG(eta > 14.999 && eta < 15.001, "eta %g", eta);
         json_decref(st);

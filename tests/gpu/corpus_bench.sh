@@ -13,7 +13,9 @@
 # Prints the run's summary line; documents per hour = docs_finished /
 # seconds * 3600; engine_seconds / seconds is the GPU-busy share; the rest
 # is startup + ingest (startup_ingest_seconds), results + ledger
-# (finish_seconds) and scheduling gaps.
+# (finish_seconds) and scheduling gaps. Then the job's status: documents
+# done and pending, and over several calls the `all runs` line (documents
+# per hour and tokens/s over every run of the job).
 set -eu
 Q=${QWEN3_BATCH:-./qwen3-batch}
 N=${1:-2000}
@@ -66,3 +68,4 @@ tail -n 1 "$dir/out.log"
 set -e
 grep -v '"event":"progress"' "$dir/err.log" | tail -n 5
 echo "exit $rc"
+"$Q" status "$dir/job.yaml" | grep -E '^(documents|all runs|eta)' || true
