@@ -173,14 +173,13 @@ int cmd_status(int argc, char **argv)
         } else {
             json_object_set_new(o, "last_run", json_null());
         }
-        json_object_set_new(o, "all_runs",
-                            cnt.config_runs > 0
-                                ? json_pack("{s:I, s:f, s:f, s:f, s:f}", "runs",
-                                            (json_int_t)cnt.config_runs, "seconds", all_secs,
-                                            "docs_per_hour", all_docs_per_h, "prompt_tok_s",
-                                            all_prompt_tok_s, "completion_tok_s",
-                                            all_completion_tok_s)
-                                : json_null());
+        json_object_set_new(
+            o, "all_runs",
+            cnt.config_runs > 0
+                ? json_pack("{s:I, s:f, s:f, s:f, s:f}", "runs", (json_int_t)cnt.config_runs,
+                            "seconds", all_secs, "docs_per_hour", all_docs_per_h, "prompt_tok_s",
+                            all_prompt_tok_s, "completion_tok_s", all_completion_tok_s)
+                : json_null());
         json_object_set_new(o, "eta_s", eta >= 0 ? json_real(eta) : json_null());
         json_object_set_new(o, "eta_pace_run",
                             cnt.has_pace ? json_integer(cnt.pace.id) : json_null());
@@ -228,11 +227,11 @@ int cmd_status(int argc, char **argv)
         if (cnt.config_runs > 1) {
             char took[32];
             fmt_duration(all_secs, took, sizeof took);
-            printf("all runs:  %lld runs of this configuration, %s in all", (long long)cnt.config_runs,
-                   took);
+            printf("all runs:  %lld runs of this configuration, %s in all",
+                   (long long)cnt.config_runs, took);
             if (all_secs > 0)
-                printf(": %.0f docs/hour, %.4g prompt tok/s, %.4g completion tok/s",
-                       all_docs_per_h, all_prompt_tok_s, all_completion_tok_s);
+                printf(": %.0f docs/hour, %.4g prompt tok/s, %.4g completion tok/s", all_docs_per_h,
+                       all_prompt_tok_s, all_completion_tok_s);
             printf("\n");
         }
         if (cnt.pending > 0) {
