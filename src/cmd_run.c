@@ -61,7 +61,8 @@ struct run {
     int64_t seen, added, skipped_known, failed_ingest, in_batch;
     /* scheduling */
     ledger_pending_iter *it;
-    int64_t docs_total; /* pending when scheduling began */
+    int64_t docs_total;         /* pending when scheduling began */
+    int64_t docs_prompt_tokens; /* their prompt tokens (for the ETA) */
     int64_t docs_done, docs_failed, completion_tokens, prompt_tokens;
     double finish_seconds; /* decoding, splitting, results line + ledger commit */
     progress prog;
@@ -334,13 +335,24 @@ static int doc_done(void *ctx, const sched_doc *d, const sched_result *res, errb
     return rc;
 }
 
+static progress_counts run_progress(const struct run *r, const sched_stats *st)
+{
+    return (progress_counts){.docs_total = r->docs_total,
+                             .docs_done = r->docs_done,
+                             .docs_failed = r->docs_failed,
+                             .prompt_tokens = st->prompt_tokens,
+                             .generated_tokens = st->generated_tokens,
+                             .active = st->active,
+                             .elapsed = st->elapsed_seconds,
+                             .prompt_tokens_total = r->docs_prompt_tokens,
+                             .prompt_tokens_started = st->prompt_tokens + st->reused_tokens,
+                             .completion_tokens_done = r->completion_tokens};
+}
+
 static void on_progress(void *ctx, const sched_stats *st)
 {
     struct run *r = ctx;
-    progress_counts c = {.docs_total = r->docs_total, .docs_done = r->docs_done,
-                         .docs_failed = r->docs_failed, .prompt_tokens = st->prompt_tokens,
-                         .generated_tokens = st->generated_tokens, .active = st->active,
-                         .elapsed = st->elapsed_seconds};
+    progress_counts c = run_progress(r, st);
     progress_update(&r->prog, &c, 0);
 }
 
@@ -515,6 +527,7 @@ int cmd_run(int argc, char **argv)
     if (ledger_counts(r.l, &counts, &err) || ledger_pending_open(r.l, &r.it, &err))
         goto out;
     r.docs_total = counts.pending;
+    r.docs_prompt_tokens = counts.pending_prompt_tokens;
     progress_init(&r.prog, pm, stderr, 10.0);
     fprintf(stderr,
             "qwen3-batch run: %s: %lld documents read, %lld new, %lld failed at ingest, %lld "
@@ -539,10 +552,8 @@ int cmd_run(int argc, char **argv)
     sched_stats st;
     double t_sched = sched_now();
     int srs = sched_run(e, &so, &src, &st, &err);
-    progress_counts pc = {.docs_total = r.docs_total, .docs_done = r.docs_done,
-                          .docs_failed = r.docs_failed, .prompt_tokens = st.prompt_tokens,
-                          .generated_tokens = st.generated_tokens,
-                          .elapsed = st.elapsed_seconds};
+    progress_counts pc = run_progress(&r, &st);
+    pc.active = 0;
     progress_update(&r.prog, &pc, 1);
     progress_end(&r.prog);
     if (srs < 0)

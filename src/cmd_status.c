@@ -20,30 +20,22 @@
 #include "cmd_util.h"
 #include "job.h"
 #include "ledger.h"
+#include "progress.h"
 
 #define FAILED_SHOWN 10
 
 /* The ETA in seconds for the pending documents at the pace of the run that
- * finished the latest document (usually the last run), or -1 without one.
- * The pace is seconds per token (prompt + completion) because prefill and
- * decode both cost per token, and pending prompts are known exactly;
- * completions are estimated at that run's mean per document. Without token figures, seconds per
- * document. */
+ * finished the latest document (usually the last run), or -1 without one:
+ * progress_eta, the same model as the run's own progress lines. */
 static double eta_seconds(const ledger_counts_t *c)
 {
     if (c->pending == 0)
         return 0;
     const ledger_run_info *p = &c->pace;
-    if (!c->has_pace || p->docs_done == 0 || p->seconds <= 0)
+    if (!c->has_pace)
         return -1;
-    double run_tokens = (double)p->prompt_tokens + (double)p->completion_tokens;
-    if (run_tokens > 0) {
-        double mean_completion = (double)p->completion_tokens / (double)p->docs_done;
-        double pending_tokens =
-            (double)c->pending_prompt_tokens + mean_completion * (double)c->pending;
-        return p->seconds / run_tokens * pending_tokens;
-    }
-    return p->seconds / (double)p->docs_done * (double)c->pending;
+    return progress_eta(p->seconds, p->prompt_tokens + p->completion_tokens, p->docs_done,
+                        p->completion_tokens, c->pending, c->pending_prompt_tokens, 0);
 }
 
 static void fmt_duration(double s, char *buf, size_t n)

@@ -33,11 +33,30 @@ const char *progress_duration(double s, char *buf, size_t size)
     return buf;
 }
 
+double progress_eta(double seconds, int64_t tokens_done, int64_t docs_done, int64_t completion_done,
+                    int64_t docs_pending, int64_t prompt_pending, int64_t gen_in_flight)
+{
+    if (docs_pending <= 0)
+        return 0;
+    if (docs_done <= 0 || seconds <= 0)
+        return -1;
+    if (tokens_done <= 0)
+        return seconds / (double)docs_done * (double)docs_pending;
+    double gen_left =
+        (double)completion_done / (double)docs_done * (double)docs_pending - (double)gen_in_flight;
+    double left = (double)(prompt_pending > 0 ? prompt_pending : 0) + (gen_left > 0 ? gen_left : 0);
+    return seconds / (double)tokens_done * left;
+}
+
 static double eta(const progress_counts *c)
 {
-    if (c->docs_done <= 0 || c->elapsed <= 0)
-        return -1;
-    return (double)(c->docs_total - c->docs_done) * c->elapsed / (double)c->docs_done;
+    int64_t ok = c->docs_done - c->docs_failed;
+    if (c->prompt_tokens_total <= 0 || ok <= 0) /* no token figures: per document */
+        return progress_eta(c->elapsed, 0, c->docs_done, 0, c->docs_total - c->docs_done, 0, 0);
+    return progress_eta(c->elapsed, c->prompt_tokens + c->generated_tokens, ok,
+                        c->completion_tokens_done, c->docs_total - c->docs_done,
+                        c->prompt_tokens_total - c->prompt_tokens_started,
+                        c->generated_tokens - c->completion_tokens_done);
 }
 
 static double rate(int64_t n, double secs) { return secs > 0 ? (double)n / secs : 0; }

@@ -7,8 +7,8 @@
  *   {"event":"progress","docs_done":N,"docs_total":N,"docs_failed":N,
  *    "prompt_tokens":N,"generated_tokens":N,"prompt_tok_s":X,"gen_tok_s":X,
  *    "elapsed_s":X,"eta_s":X,"active":N}
- * Rates are over the whole run so far; ETA assumes the remaining documents
- * go at the run's document rate.
+ * Rates are over the whole run so far; the ETA is progress_eta's, at the
+ * run's pace per token.
  */
 #ifndef Q3_PROGRESS_H
 #define Q3_PROGRESS_H
@@ -22,10 +22,28 @@ typedef struct progress_counts {
     int64_t docs_total; /* documents this run will process */
     int64_t docs_done;  /* finished this run (any outcome) */
     int64_t docs_failed;
-    int64_t prompt_tokens, generated_tokens;
+    int64_t prompt_tokens, generated_tokens; /* computed: prefilled, sampled */
     int active;
     double elapsed; /* seconds since the run began */
+    /* For the ETA (0 where unknown): prompt tokens of the docs_total
+     * documents, those of them prefilled or served by a shared prefix so
+     * far, and the completion tokens of the documents finished. */
+    int64_t prompt_tokens_total, prompt_tokens_started, completion_tokens_done;
 } progress_counts;
+
+/* Seconds left, at the pace of work done: `seconds` spent on tokens_done
+ * tokens (prompt + completion computed), so seconds per token, applied to
+ * the pending prompt tokens plus the completions still to come (the mean
+ * completion of the docs_done successful documents, for each of the
+ * docs_pending, less gen_in_flight already generated for them). Prompts are
+ * known exactly, and a length-sorted run ends with its longest documents,
+ * which a per-document pace underrates. Attention grows with context, so
+ * where it dominates (long documents; small models) a token pace still
+ * runs short (a CPU demo run: 54 s predicted of 149 s left, where the
+ * document pace said 12). Without token figures, per document. -1 when
+ * there is no pace yet. */
+double progress_eta(double seconds, int64_t tokens_done, int64_t docs_done, int64_t completion_done,
+                    int64_t docs_pending, int64_t prompt_pending, int64_t gen_in_flight);
 
 typedef struct progress {
     enum progress_mode mode; /* resolved: never AUTO */
