@@ -29,11 +29,9 @@
  * progress_eta, the same model as the run's own progress lines. */
 static double eta_seconds(const ledger_counts_t *c)
 {
-    if (c->pending == 0)
-        return 0;
     const ledger_run_info *p = &c->pace;
     if (!c->has_pace)
-        return -1;
+        return c->pending ? -1 : 0;
     return progress_eta(p->seconds, p->prompt_tokens + p->completion_tokens, p->docs_done,
                         p->completion_tokens, c->pending, c->pending_prompt_tokens, 0);
 }

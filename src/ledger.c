@@ -962,6 +962,13 @@ int ledger_last_done(ledger *l, ledger_doc *doc, errbuf *err)
 
 /* ---- status and maintenance ------------------------------------------------ */
 
+/* A run's wall time in SQL over the runs table: the recorded seconds, or
+ * for a run that did not end cleanly (killed, or still going) the time from
+ * its start to its last finished document. */
+#define RUN_SECONDS_SQL                                                                            \
+    "(CASE WHEN ended IS NOT NULL THEN seconds ELSE max(0, coalesce((SELECT max(finished_at)"      \
+    " FROM documents d WHERE d.run_id = runs.id AND d.state = 'done') - started, 0)) END)"
+
 /* Fills r for run `id`: its record, and figures from the documents it
  * finished. 1 when the run exists, 0 when not, -1 on error. */
 static int load_run(ledger *l, int64_t id, ledger_run_info *r, errbuf *err)
@@ -969,8 +976,8 @@ static int load_run(ledger *l, int64_t id, ledger_run_info *r, errbuf *err)
     memset(r, 0, sizeof *r);
     sqlite3_stmt *s = NULL;
     if (sqlite3_prepare_v2(l->db,
-                           "SELECT id, started, ended, exit_status, seconds, host, pid, backend,"
-                           " version FROM runs WHERE id = ?1",
+                           "SELECT id, started, ended, exit_status, " RUN_SECONDS_SQL
+                           ", host, pid, backend, version FROM runs WHERE id = ?1",
                            -1, &s, NULL) != SQLITE_OK)
         return db_error(l, err, "reading runs");
     sqlite3_bind_int64(s, 1, id);
@@ -980,12 +987,11 @@ static int load_run(ledger *l, int64_t id, ledger_run_info *r, errbuf *err)
         return rc == SQLITE_DONE ? 0 : db_error(l, err, "reading runs");
     }
     r->id = sqlite3_column_int64(s, 0);
-    double started = sqlite3_column_double(s, 1);
-    r->started = (int64_t)started;
+    r->started = (int64_t)sqlite3_column_double(s, 1);
     int ended = sqlite3_column_type(s, 2) != SQLITE_NULL;
     r->ended = ended ? (int64_t)sqlite3_column_double(s, 2) : 0;
     r->exit_status = ended ? sqlite3_column_int(s, 3) : -1;
-    r->seconds = ended ? sqlite3_column_double(s, 4) : 0;
+    r->seconds = sqlite3_column_double(s, 4);
     const char *t;
     if ((t = col_text(s, 5)))
         snprintf(r->host, sizeof r->host, "%s", t);
@@ -997,19 +1003,17 @@ static int load_run(ledger *l, int64_t id, ledger_run_info *r, errbuf *err)
     sqlite3_finalize(s);
 
     if (sqlite3_prepare_v2(l->db,
-                           "SELECT state, count(*), total(prompt_tokens), total(completion_tokens),"
-                           " max(finished_at) FROM documents WHERE run_id = ?1 GROUP BY state",
+                           "SELECT state, count(*), total(prompt_tokens), total(completion_tokens)"
+                           " FROM documents WHERE run_id = ?1 GROUP BY state",
                            -1, &s, NULL) != SQLITE_OK)
         return db_error(l, err, "reading runs");
     sqlite3_bind_int64(s, 1, id);
-    int64_t last_finish = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *state = (const char *)sqlite3_column_text(s, 0);
         if (!strcmp(state, "done")) {
             r->docs_done = sqlite3_column_int64(s, 1);
             r->prompt_tokens = (int64_t)sqlite3_column_double(s, 2);
             r->completion_tokens = (int64_t)sqlite3_column_double(s, 3);
-            last_finish = sqlite3_column_int64(s, 4);
         } else if (!strcmp(state, "failed")) {
             r->docs_failed = sqlite3_column_int64(s, 1);
         }
@@ -1017,9 +1021,6 @@ static int load_run(ledger *l, int64_t id, ledger_run_info *r, errbuf *err)
     sqlite3_finalize(s);
     if (rc != SQLITE_DONE)
         return db_error(l, err, "reading runs");
-    /* A run that did not end cleanly: measure up to its last document. */
-    if (!ended && last_finish > 0)
-        r->seconds = last_finish - started > 0 ? last_finish - started : 0;
     return 1;
 }
 
@@ -1089,13 +1090,10 @@ static int counts_locked(ledger *l, ledger_counts_t *c, errbuf *err)
         memcpy(c->run_backend, last.backend, sizeof c->run_backend);
         memcpy(c->run_version, last.version, sizeof c->run_version);
     }
-    /* Runs of this configuration; one that did not end counts up to its
-     * last finished document, as in load_run. */
+    /* Runs of this configuration, each timed as load_run times one. */
     if (sqlite3_prepare_v2(l->db,
-                           "SELECT count(*), total(CASE WHEN ended IS NOT NULL THEN seconds ELSE"
-                           " max(0, coalesce((SELECT max(finished_at) FROM documents d"
-                           " WHERE d.run_id = runs.id) - started, 0)) END)"
-                           " FROM runs WHERE config_hash IS ?1",
+                           "SELECT count(*), total(" RUN_SECONDS_SQL ") FROM runs"
+                           " WHERE config_hash IS ?1",
                            -1, &s, NULL) != SQLITE_OK)
         return db_error(l, err, "reading runs");
     sqlite3_bind_text(s, 1, l->config_hash, -1, SQLITE_STATIC);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -517,6 +518,41 @@ static void test_configs(void)
     ledger_close(l);
 }
 
+/* A run that did not end (killed) is timed from its start to its last done
+ * document, for its own figures and for the total over all runs. */
+static void test_unended_run_time(void)
+{
+    errbuf err;
+    ledger *l = open_new("unended.sqlite");
+    int32_t ids[] = {1, 2, 3};
+    int64_t run1, run2;
+    CHECK(ledger_run_begin(l, "cfg", "cpu", "1", &run1, &err) == 0);
+    ledger_run_totals t = {0, 0, 0, 0, 5.0};
+    CHECK(ledger_run_end(l, run1, &t, 4, &err) == 0);
+    CHECK(ledger_run_begin(l, "cfg", "cpu", "1", &run2, &err) == 0);
+    CHECK(ledger_add_pending(l, "a", "A", "s", ids, 3, &err) == 0);
+    CHECK(ledger_add_pending(l, "b", "B", "s", ids, 2, &err) == 0);
+    ledger_output o = done_output("A!", 4);
+    o.run_id = run2;
+    o.finished_at = (int64_t)time(NULL) + 7; /* 7 s after the run began, give or take 1 */
+    CHECK(ledger_finish_doc(l, "a", &o, &err) == 0);
+    ledger_output f = {0};
+    f.finish_reason = "error";
+    f.error = "boom";
+    f.run_id = run2;
+    f.finished_at = (int64_t)time(NULL) + 100; /* failed documents do not time a run */
+    CHECK(ledger_finish_doc(l, "b", &f, &err) == 0);
+    ledger_counts_t c;
+    CHECK(ledger_counts(l, &c, &err) == 0);
+    CHECK_INT_EQ(c.run_id, run2);
+    CHECK_INT_EQ(c.run_exit_status, -1);
+    CHECK_MSG(c.run_doc_seconds > 5.9 && c.run_doc_seconds <= 7.0, "%g", c.run_doc_seconds);
+    CHECK_INT_EQ(c.config_runs, 2);
+    CHECK_MSG(c.config_run_seconds > 10.9 && c.config_run_seconds <= 12.0, "%g",
+              c.config_run_seconds);
+    ledger_close(l);
+}
+
 static void test_lock(void)
 {
     errbuf err;
@@ -606,6 +642,7 @@ int main(void)
     test_pending_order_and_interleaving();
     test_retry_and_counts();
     test_configs();
+    test_unended_run_time();
     test_lock();
     test_reader_while_writing();
     return check_exit_clean("test_ledger", tmpdir);
