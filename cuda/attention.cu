@@ -15,6 +15,7 @@
 #include "common.cuh"
 
 #include <math.h>
+#include <stdlib.h>
 
 #define ATT_KB 64
 
@@ -26,7 +27,9 @@
  * 1 x 4096 prefill, the kernel is latency-bound (0.4 instructions issued per
  * scheduler-cycle) and at 170 registers and the default shared-memory
  * carveout only two blocks (8 warps) fit per SM. */
-template <int D, int WARPS, bool I8, bool DEC>
+/* ST: stages of fp16 K/V tiles, 2 (the copy of tile i + 1 overlaps the
+ * multiply of tile i) or 1 (half the shared memory: see attn_f16_stages). */
+template <int D, int WARPS, bool I8, bool DEC, int ST = 2>
 __global__ void __launch_bounds__(WARPS * 32, 3)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                 const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
@@ -37,8 +40,11 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
     /* Dynamic shared memory (attn_smem_bytes), two stages so that the copy
      * of tile i + 1 runs while tile i is multiplied: fp16 pages land in
      * sK/sV[stage]; int8 pages land in sK8/sV8[stage] and become fp16 in a
-     * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). */
-    constexpr int F16_STAGES = I8 ? 1 : 2;
+     * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). With ST =
+     * 1, fp16 pages have one stage and the next copy starts after the
+     * multiply (PIPE false). */
+    constexpr int F16_STAGES = I8 ? 1 : ST;
+    constexpr bool PIPE = I8 || ST == 2;
     extern __shared__ __align__(16) unsigned char smem[];
     __half *sK0 = reinterpret_cast<__half *>(smem);
     __half *sV0 = sK0 + F16_STAGES * KB * LDS;
@@ -130,7 +136,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
     for (int kb = w.key_begin; kb < w.key_end; kb += KB, st ^= 1) {
         /* The stage written here was last read in the previous iteration,
          * which ended with a barrier. */
-        if (kb + KB < w.key_end) {
+        if (PIPE && kb + KB < w.key_end) {
             issue(kb + KB, st ^ 1);
             cp_async_wait_pending<1>();
         } else {
@@ -270,6 +276,8 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
             }
         }
         tile_sync(); /* the next iteration refills the other stage */
+        if (!PIPE && kb + KB < w.key_end)
+            issue(kb + KB, 0); /* the only stage, read by now */
     }
 
     l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 1);
@@ -394,48 +402,98 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
     }
 }
 
-static constexpr size_t attn_smem_bytes(int D, bool i8)
+static constexpr size_t attn_smem_bytes(int D, bool i8, int st)
 {
-    /* sK, sV (two stages for fp16 pages, one for int8), and for int8 two
+    /* sK, sV (st stages for fp16 pages, one for int8), and for int8 two
      * stages of raw K, V and their scales */
-    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : 2) +
+    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : st) +
            (i8 ? 2 * ((size_t)ATT_KB * D * 2 + ATT_KB * 8) : 0);
 }
 
 /* The decode merge reuses the tiles' memory: 4 warps x 16 rows x (D + 2). */
-static constexpr size_t attn_smem_dec_bytes(int D, bool i8)
+static constexpr size_t attn_smem_dec_bytes(int D, bool i8, int st)
 {
-    return attn_smem_bytes(D, i8) > (size_t)4 * 16 * (D + 2) * 4 ? attn_smem_bytes(D, i8)
-                                                                     : (size_t)4 * 16 * (D + 2) * 4;
+    return attn_smem_bytes(D, i8, st) > (size_t)4 * 16 * (D + 2) * 4
+               ? attn_smem_bytes(D, i8, st)
+               : (size_t)4 * 16 * (D + 2) * 4;
 }
 
+/* Stages of fp16 K/V tiles for head size D on this GPU: the count that
+ * keeps more blocks resident (at most 3, the launch bounds), two when both
+ * keep as many. An H100 (228 KB of shared memory per SM) holds three
+ * two-stage blocks (68 KB each at D = 128); a 3090 (100 KB) only one, but
+ * two one-stage blocks. Measured on the H100: 2 -> 3 blocks per SM made
+ * prefill attention 21% faster, the second stage about 4%.
+ * QWEN3_BATCH_ATTN_STAGES=1|2 overrides (for tests and measurements). */
+static int attn_f16_stages(int D)
+{
+    const char *e = getenv("QWEN3_BATCH_ATTN_STAGES");
+    if (e && (*e == '1' || *e == '2'))
+        return *e - '0';
+    int dev = 0, per_sm = 0, reserved = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) !=
+            cudaSuccess)
+        return 2;
+    cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev);
+    int blocks[3] = {0, 0, 0};
+    for (int st = 1; st <= 2; st++) {
+        const size_t need = attn_smem_bytes(D, false, st) + (size_t)reserved;
+        const int b = (int)((size_t)per_sm / need);
+        blocks[st] = b < 3 ? b : 3;
+    }
+    return blocks[2] >= blocks[1] ? 2 : 1;
+}
+
+template <int D, bool I8, int ST>
+static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs,
+                           const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
+                           int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
+                           float *part_o, float *part_lse, cudaStream_t s)
+{
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    const size_t smem2 = attn_smem_bytes(D, I8, ST), smemd = attn_smem_dec_bytes(D, I8, ST);
+    static bool attr_set = false; /* once per instantiation; harmless if repeated */
+    if (!attr_set) {
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
+        /* All of the SM's unified L1/shared memory as shared memory: the
+         * default carveout left room for two ~70 KB blocks, not three. */
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             (int)cudaSharedmemCarveoutMaxShared);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             (int)cudaSharedmemCarveoutMaxShared);
+        attr_set = true;
+    }
+    if (n_large > 0)
+        attn_kernel<D, 4, I8, false, ST><<<n_large, 128, smem2, s>>>(
+            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+    /* Decode tiles are 16 rows; the four warps split each key tile. */
+    if (n_small > 0)
+        attn_kernel<D, 4, I8, true, ST><<<n_small, 128, smemd, s>>>(
+            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+}
+
+/* int8 pages keep one fp16 stage (their raw bytes have two) whatever the
+ * GPU; fp16 pages take attn_f16_stages. */
 template <int D, bool I8>
 static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
                         int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
                         float *part_o, float *part_lse, cudaStream_t s)
 {
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    const size_t smem2 = attn_smem_bytes(D, I8), smemd = attn_smem_dec_bytes(D, I8);
-    static bool attr_set = false; /* once per instantiation; harmless if repeated */
-    if (!attr_set) {
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
-        /* All of the SM's unified L1/shared memory as shared memory: the
-         * default carveout left room for two ~70 KB blocks, not three. */
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             (int)cudaSharedmemCarveoutMaxShared);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             (int)cudaSharedmemCarveoutMaxShared);
-        attr_set = true;
+    static int st = 0;
+    if (!st)
+        st = attn_f16_stages(D);
+    if constexpr (!I8) {
+        if (st == 1) {
+            launch_attn_st<D, false, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+                                        kv, layer, n_heads, part_o, part_lse, s);
+            return;
+        }
     }
-    if (n_large > 0)
-        attn_kernel<D, 4, I8, false><<<n_large, 128, smem2, s>>>(
-            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
-    /* Decode tiles are 16 rows; the four warps split each key tile. */
-    if (n_small > 0)
-        attn_kernel<D, 4, I8, true><<<n_small, 128, smemd, s>>>(
-            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+    launch_attn_st<D, I8, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages, kv, layer,
+                             n_heads, part_o, part_lse, s);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,

@@ -40,6 +40,12 @@ do_check() {
     step "test_cuda_engine"
     "$test_bin" >"$log/check.log" 2>&1 || fail "test_cuda_engine (see check.log)"
     cat "$log/check.log"
+    # The one-stage fp16 attention tiles that GPUs with less shared memory
+    # per SM (a 3090) take, forced here.
+    step "test_cuda_engine, one-stage fp16 attention tiles (QWEN3_BATCH_ATTN_STAGES=1)"
+    QWEN3_BATCH_ATTN_STAGES=1 "$test_bin" >"$log/check-st1.log" 2>&1 ||
+        fail "test_cuda_engine with QWEN3_BATCH_ATTN_STAGES=1 (see check-st1.log)"
+    tail -n 1 "$log/check-st1.log"
 }
 
 do_sanitize() {
