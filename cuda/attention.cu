@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #define ATT_KB 64
+#define ATT_PAGE 16 /* KV page size the kernels take (cuda_engine.c PAGE_SIZE) */
 
 /* DEC: a decode tile of 16 rows, whose keys the warps
  * split (warp w takes keys 16w..16w+15 of every 64-key tile, with its own
@@ -87,12 +88,17 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     /* The (key, 8-column chunk) pieces of a tile this thread copies and
-     * converts. In a decode tile each warp reads only its own 16 keys, so it
-     * copies them itself and a warp barrier orders them: the warps run
-     * through the tiles independently, with no block barrier per tile. */
-    const int c_first = DEC ? warp * (KB / WARPS) * CH + lane : threadIdx.x;
-    const int c_end = DEC ? (warp + 1) * (KB / WARPS) * CH : KB * CH;
-    const int c_step = DEC ? 32 : NT;
+     * converts: NCH of them, chunk i at c_first + i * c_step, i.e. key
+     * kw + r + i * KSTEP and column chunk dc, where kw is a multiple of 16
+     * (the warp's keys in a decode tile, else 0) and r < KSTEP. In a decode
+     * tile each warp reads only its own 16 keys, so it copies them itself
+     * and a warp barrier orders them: the warps run through the tiles
+     * independently, with no block barrier per tile. */
+    constexpr int NCH = KB * CH / NT, KSTEP = (DEC ? 32 : NT) / CH;
+    static_assert((DEC ? 32 : NT) % CH == 0 && ATT_PAGE % KSTEP == 0 && KB % ATT_PAGE == 0,
+                  "a thread's chunks share their column and tile whole pages");
+    const int kw = DEC ? warp * (KB / WARPS) : 0;
+    const int r = (DEC ? lane : (int)threadIdx.x) / CH, dc = (DEC ? lane : (int)threadIdx.x) % CH;
     auto tile_sync = [] {
         if (DEC)
             __syncwarp();
@@ -100,30 +106,42 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
             __syncthreads();
     };
 
+    /* Element offsets in the cache (cu_kv): K of (page, layer, kv_head, t)
+     * at page * page_el + lay_el + t * D; V one head block further. Tiles
+     * start at multiples of 64 keys (the host's work lists), so chunk i's
+     * page and offset in it are (kw + i * KSTEP) / ATT_PAGE and
+     * r + (i * KSTEP) % ATT_PAGE: constants but for kw and r. */
+    const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
+    const int64_t my_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D + r * D + dc * 8;
+    const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
+
     /* Copies one K/V tile into a stage, every copy in flight at once
-     * (cp.async); keys past the range are zero-filled so that 0 * V stays 0. */
+     * (cp.async); keys past the range are zero-filled so that 0 * V stays 0.
+     * The loop has a fixed trip count and no division: address arithmetic
+     * was most of the instructions a thread issued per tile. */
     auto issue = [&](int kb, int st) {
-        for (int c = c_first; c < c_end; c += c_step) {
-            const int key = c / CH, dc = c % CH, kpos = kb + key;
-            const bool ok = kpos < w.key_end;
-            const int page = ok ? pages[sg.page0 + kpos / kv.page_size] : 0;
-            const int off = ok ? kpos % kv.page_size : 0;
-            const int64_t rowK = (((int64_t)page * kv.n_layers + layer) * 2) * kv.n_kv_heads + w.kv_head;
-            const int64_t rowV = rowK + kv.n_kv_heads;
+        const int32_t *pg = pages + sg.page0 + (kb + kw) / ATT_PAGE;
+        const int n_ok = w.key_end - kb - kw - r; /* chunk i is a key if i * KSTEP < n_ok */
+#pragma unroll
+        for (int i = 0; i < NCH; i++) {
+            const int key = kw + r + i * KSTEP;
+            const bool ok = i * KSTEP < n_ok;
+            const int64_t el = ok ? pg[i * KSTEP / ATT_PAGE] * page_el + my_el + (i * KSTEP % ATT_PAGE) * D : 0;
             if (!I8) {
                 const __half *base = (const __half *)kv.data;
                 __half *dK = sK0 + st * KB * LDS, *dV = sV0 + st * KB * LDS;
-                cp_async16(dK + key * LDS + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
-                cp_async16(dV + key * LDS + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
+                cp_async16(dK + key * LDS + dc * 8, base + el, ok ? 16 : 0);
+                cp_async16(dV + key * LDS + dc * 8, base + el + v_el, ok ? 16 : 0);
             } else {
                 const int8_t *base = (const int8_t *)kv.data;
                 int8_t *dK = sK80 + st * KB * D, *dV = sV80 + st * KB * D;
-                cp_async8(dK + key * D + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
-                cp_async8(dV + key * D + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
+                cp_async8(dK + key * D + dc * 8, base + el, ok ? 8 : 0);
+                cp_async8(dV + key * D + dc * 8, base + el + v_el, ok ? 8 : 0);
                 if (dc == 0) {
+                    /* scales: one per (page, layer, kv, head, t), el / D */
                     const __half *sc = (const __half *)kv.scales;
-                    sKs0[st * KB + key] = ok ? __half2float(sc[rowK * kv.page_size + off]) : 0.0f;
-                    sVs0[st * KB + key] = ok ? __half2float(sc[rowV * kv.page_size + off]) : 0.0f;
+                    sKs0[st * KB + key] = ok ? __half2float(sc[el / D]) : 0.0f;
+                    sVs0[st * KB + key] = ok ? __half2float(sc[(el + v_el) / D]) : 0.0f;
                 }
             }
         }
@@ -152,8 +170,9 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
              * 0x64XX is 1024 + XX in fp16, so with XX = b ^ 0x80 one byte
              * permute and one subtraction of 1152 give b. */
             const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
-            for (int c = c_first; c < c_end; c += c_step) {
-                const int key = c / CH, dc = c % CH;
+#pragma unroll
+            for (int i = 0; i < NCH; i++) {
+                const int key = kw + r + i * KSTEP;
                 const uint2 kq = *reinterpret_cast<const uint2 *>(sK8 + key * D + dc * 8);
                 const uint2 vq = *reinterpret_cast<const uint2 *>(sV8 + key * D + dc * 8);
                 const uint32_t src[4] = {kq.x ^ 0x80808080u, kq.y ^ 0x80808080u,
@@ -505,7 +524,7 @@ extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg 
 {
     const __half *qh = (const __half *)q;
     __half *oh = (__half *)out;
-    if (n_heads % kv.n_kv_heads)
+    if (n_heads % kv.n_kv_heads || kv.page_size != ATT_PAGE)
         return cudaErrorInvalidValue;
     switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
     case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
