@@ -33,7 +33,7 @@
  * products: twice the independent work per instruction stream, two blocks
  * per SM.
  * ST: stages of fp16 K/V tiles, 2 (the copy of tile i + 1 overlaps the
- * multiply of tile i) or 1 (half the shared memory: see attn_f16_stages). */
+ * multiply of tile i) or 1 (half the shared memory: see attn_f16_shape). */
 template <int D, int WARPS, bool I8, bool DEC, int ST = 2, int QT = 1>
 __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
         }
     } else {
         /* QT > 1: the block's 64 * QT rows into sQ (rows past the end are
-         * zero), in the first tile's copy group. */
+         * zero), a copy group of their own ahead of the first tile's. */
         for (int c = threadIdx.x; c < WARPS * 16 * QT * CH; c += NT) {
             const int row = c / CH, r = w.row0 + row;
             const bool ok = r < rows_total;

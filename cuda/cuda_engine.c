@@ -1164,6 +1164,20 @@ static void pass_layout(const cuda_engine *e, struct pass *p)
 
 #define DEV(e, p) ((void *)((e)->meta_d + ((char *)(p) - (e)->meta_h)))
 
+static int work_longer_first(const void *a, const void *b)
+{
+    const cu_attn_work *x = a, *y = b;
+    int kx = x->key_end - x->key_begin, ky = y->key_end - y->key_begin;
+    if (kx != ky)
+        return kx > ky ? -1 : 1;
+    /* ties in a fixed order: the same pass launches the same grid */
+    if (x->seg != y->seg)
+        return x->seg < y->seg ? -1 : 1;
+    if (x->row0 != y->row0)
+        return x->row0 < y->row0 ? -1 : 1;
+    return x->kv_head - y->kv_head;
+}
+
 /* Host side of a pass: positions, slots, attention work, logits rows, jobs. */
 static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *segs, int n_segs,
                       int padded, struct pass *p, errbuf *err)
@@ -1224,6 +1238,10 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
             }
         }
     }
+    /* Longest first over all segments, so that the blocks with the most keys
+     * do not start last and leave SMs idle at the end of a mixed pass. */
+    if (n_segs > 1)
+        qsort(p->wl, (size_t)p->n_large, sizeof *p->wl, work_longer_first);
     p->small_grid = p->n_small;
     p->comb_grid = p->n_comb;
     if (padded) {
