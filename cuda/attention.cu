@@ -15,33 +15,46 @@
 #include "common.cuh"
 
 #include <math.h>
+#include <stdlib.h>
 
 #define ATT_KB 64
+#define ATT_PAGE 16 /* KV page size the kernels take (cuda_engine.c PAGE_SIZE) */
 
-/* DEC: a decode tile of 16 rows, whose keys the warps
- * split (warp w takes keys 16w..16w+15 of every 64-key tile, with its own
- * running softmax) and merge at the end; otherwise each warp has 16 rows of
- * its own and all the keys. */
-/* Three blocks per SM (12 warps): measured with Nsight Compute on the H100,
- * 1 x 4096 prefill, the kernel is latency-bound (0.4 instructions issued per
- * scheduler-cycle) and at 170 registers and the default shared-memory
- * carveout only two blocks (8 warps) fit per SM. */
-template <int D, int WARPS, bool I8, bool DEC>
-__global__ void __launch_bounds__(WARPS * 32, 3)
+/* DEC: a decode tile of 16 rows, whose keys the warps split (warp w takes
+ * keys 16w..16w+15 of every 64-key tile, with its own running softmax) and
+ * merge at the end; otherwise each warp has 16 * QT rows of its own and all
+ * the keys.
+ * QT: 16-row query tiles per warp (prefill, fp16 pages). With QT = 1 the
+ * warp keeps its Q fragments in registers and three blocks fit per SM
+ * (Nsight Compute on the H100, 1 x 4096 prefill: latency-bound, 0.4
+ * instructions issued per scheduler-cycle; 2 -> 3 blocks per SM was 21%).
+ * With QT = 2 (flash-attention 2's 128-row blocks) Q is staged in shared
+ * memory and every K/V fragment loaded from shared memory feeds two tiles'
+ * products: twice the independent work per instruction stream, two blocks
+ * per SM.
+ * ST: stages of fp16 K/V tiles, 2 (the copy of tile i + 1 overlaps the
+ * multiply of tile i) or 1 (half the shared memory: see attn_f16_shape). */
+template <int D, int WARPS, bool I8, bool DEC, int ST = 2, int QT = 1>
+__global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                 const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
                 const int32_t *__restrict__ pages, cu_kv kv, int layer, int n_heads,
                 float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse)
 {
+    static_assert(QT == 1 || (!I8 && !DEC), "two query tiles per warp: fp16 prefill only");
     constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
     /* Dynamic shared memory (attn_smem_bytes), two stages so that the copy
      * of tile i + 1 runs while tile i is multiplied: fp16 pages land in
      * sK/sV[stage]; int8 pages land in sK8/sV8[stage] and become fp16 in a
-     * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). */
-    constexpr int F16_STAGES = I8 ? 1 : 2;
+     * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). With ST =
+     * 1, fp16 pages have one stage and the next copy starts after the
+     * multiply (PIPE false). With QT > 1, Q's rows follow the fp16 stages. */
+    constexpr int F16_STAGES = I8 ? 1 : ST;
+    constexpr bool PIPE = I8 || ST == 2;
     extern __shared__ __align__(16) unsigned char smem[];
     __half *sK0 = reinterpret_cast<__half *>(smem);
     __half *sV0 = sK0 + F16_STAGES * KB * LDS;
+    __half *sQ = sV0 + F16_STAGES * KB * LDS;
     int8_t *sK80 = reinterpret_cast<int8_t *>(sV0 + F16_STAGES * KB * LDS);
     int8_t *sV80 = sK80 + 2 * KB * D;
     float *sKs0 = reinterpret_cast<float *>(sV80 + 2 * KB * D);
@@ -54,39 +67,68 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
     const int G = n_heads / kv.n_kv_heads;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int rows_total = sg.n_tok * G;
-    const int r0 = w.row0 + (DEC ? 0 : warp * 16) + g, r1 = r0 + 8;
     constexpr int NTW = DEC ? KB / 8 / WARPS : KB / 8; /* 8-key column tiles per warp */
     static_assert(NTW % 2 == 0, "P x V takes keys 16 at a time");
     const int nt0 = DEC ? warp * NTW : 0;
-    const int pos0 = r0 < rows_total ? sg.pos0 + r0 / G : -1;
-    const int pos1 = r1 < rows_total ? sg.pos0 + r1 / G : -1;
-    const __half *q0 = r0 < rows_total
-                           ? q + ((int64_t)(sg.tok0 + r0 / G) * n_heads + w.kv_head * G + r0 % G) * D
-                           : nullptr;
-    const __half *q1 = r1 < rows_total
-                           ? q + ((int64_t)(sg.tok0 + r1 / G) * n_heads + w.kv_head * G + r1 % G) * D
-                           : nullptr;
-    uint32_t qf[D / 16][4];
+    /* Row rw[t][h] of the block's tile: query tile t, h = 0 for the
+     * fragment rows g, 1 for g + 8; pos: its token's position, -1 past the
+     * end. */
+    int rw[QT][2], pos[QT][2];
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-        qf[ks][0] = q0 ? *reinterpret_cast<const uint32_t *>(q0 + ks * 16 + 2 * tq) : 0u;
-        qf[ks][1] = q1 ? *reinterpret_cast<const uint32_t *>(q1 + ks * 16 + 2 * tq) : 0u;
-        qf[ks][2] = q0 ? *reinterpret_cast<const uint32_t *>(q0 + ks * 16 + 8 + 2 * tq) : 0u;
-        qf[ks][3] = q1 ? *reinterpret_cast<const uint32_t *>(q1 + ks * 16 + 8 + 2 * tq) : 0u;
+    for (int t = 0; t < QT; t++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            rw[t][h] = w.row0 + (DEC ? 0 : (warp * QT + t) * 16) + g + 8 * h;
+            pos[t][h] = rw[t][h] < rows_total ? sg.pos0 + rw[t][h] / G : -1;
+        }
+    auto q_off = [&](int r) { /* of row r in q and out */
+        return ((int64_t)(sg.tok0 + r / G) * n_heads + w.kv_head * G + r % G) * D;
+    };
+    /* QT = 1: the warp's Q fragments in registers (A operand layout) */
+    uint32_t qf[QT == 1 ? D / 16 : 1][4];
+    if constexpr (QT == 1) {
+        const __half *q0 = rw[0][0] < rows_total ? q + q_off(rw[0][0]) : nullptr;
+        const __half *q1 = rw[0][1] < rows_total ? q + q_off(rw[0][1]) : nullptr;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            qf[ks][0] = q0 ? *reinterpret_cast<const uint32_t *>(q0 + ks * 16 + 2 * tq) : 0u;
+            qf[ks][1] = q1 ? *reinterpret_cast<const uint32_t *>(q1 + ks * 16 + 2 * tq) : 0u;
+            qf[ks][2] = q0 ? *reinterpret_cast<const uint32_t *>(q0 + ks * 16 + 8 + 2 * tq) : 0u;
+            qf[ks][3] = q1 ? *reinterpret_cast<const uint32_t *>(q1 + ks * 16 + 8 + 2 * tq) : 0u;
+        }
+    } else {
+        /* QT > 1: the block's 64 * QT rows into sQ (rows past the end are
+         * zero), a copy group of their own ahead of the first tile's. */
+        for (int c = threadIdx.x; c < WARPS * 16 * QT * CH; c += NT) {
+            const int row = c / CH, r = w.row0 + row;
+            const bool ok = r < rows_total;
+            cp_async16(sQ + row * LDS + (c % CH) * 8, ok ? q + q_off(r) + (c % CH) * 8 : q, ok ? 16 : 0);
+        }
+        cp_async_commit(); /* the oldest group: complete by the first tile's wait */
     }
-    float o[D / 8][4];
+    float o[QT][D / 8][4];
+    float m[QT][2], l[QT][2];
 #pragma unroll
-    for (int i = 0; i < D / 8; i++)
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int t = 0; t < QT; t++) {
+#pragma unroll
+        for (int i = 0; i < D / 8; i++)
+            o[t][i][0] = o[t][i][1] = o[t][i][2] = o[t][i][3] = 0.0f;
+        m[t][0] = m[t][1] = -INFINITY;
+        l[t][0] = l[t][1] = 0.0f;
+    }
 
     /* The (key, 8-column chunk) pieces of a tile this thread copies and
-     * converts. In a decode tile each warp reads only its own 16 keys, so it
-     * copies them itself and a warp barrier orders them: the warps run
-     * through the tiles independently, with no block barrier per tile. */
-    const int c_first = DEC ? warp * (KB / WARPS) * CH + lane : threadIdx.x;
-    const int c_end = DEC ? (warp + 1) * (KB / WARPS) * CH : KB * CH;
-    const int c_step = DEC ? 32 : NT;
+     * converts: NCH of them, chunk i at c_first + i * c_step, i.e. key
+     * kw + r + i * KSTEP and column chunk dc, where kw is a multiple of 16
+     * (the warp's keys in a decode tile, else 0) and r < KSTEP. In a decode
+     * tile each warp reads only its own 16 keys, so it copies them itself
+     * and a warp barrier orders them: the warps run through the tiles
+     * independently, with no block barrier per tile. */
+    constexpr int NCH = KB * CH / NT, KSTEP = (DEC ? 32 : NT) / CH;
+    static_assert((DEC ? 32 : NT) % CH == 0 && ATT_PAGE % KSTEP == 0 && KB % ATT_PAGE == 0,
+                  "a thread's chunks share their column and tile whole pages");
+    const int kw = DEC ? warp * (KB / WARPS) : 0;
+    const int r = (DEC ? lane : (int)threadIdx.x) / CH, dc = (DEC ? lane : (int)threadIdx.x) % CH;
     auto tile_sync = [] {
         if (DEC)
             __syncwarp();
@@ -94,30 +136,42 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
             __syncthreads();
     };
 
+    /* Element offsets in the cache (cu_kv): K of (page, layer, kv_head, t)
+     * at page * page_el + lay_el + t * D; V one head block further. Tiles
+     * start at multiples of 64 keys (the host's work lists), so chunk i's
+     * page and offset in it are (kw + i * KSTEP) / ATT_PAGE and
+     * r + (i * KSTEP) % ATT_PAGE: constants but for kw and r. */
+    const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
+    const int64_t my_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D + r * D + dc * 8;
+    const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
+
     /* Copies one K/V tile into a stage, every copy in flight at once
-     * (cp.async); keys past the range are zero-filled so that 0 * V stays 0. */
+     * (cp.async); keys past the range are zero-filled so that 0 * V stays 0.
+     * The loop has a fixed trip count and no division: address arithmetic
+     * was most of the instructions a thread issued per tile. */
     auto issue = [&](int kb, int st) {
-        for (int c = c_first; c < c_end; c += c_step) {
-            const int key = c / CH, dc = c % CH, kpos = kb + key;
-            const bool ok = kpos < w.key_end;
-            const int page = ok ? pages[sg.page0 + kpos / kv.page_size] : 0;
-            const int off = ok ? kpos % kv.page_size : 0;
-            const int64_t rowK = (((int64_t)page * kv.n_layers + layer) * 2) * kv.n_kv_heads + w.kv_head;
-            const int64_t rowV = rowK + kv.n_kv_heads;
+        const int32_t *pg = pages + sg.page0 + (kb + kw) / ATT_PAGE;
+        const int n_ok = w.key_end - kb - kw - r; /* chunk i is a key if i * KSTEP < n_ok */
+#pragma unroll
+        for (int i = 0; i < NCH; i++) {
+            const int key = kw + r + i * KSTEP;
+            const bool ok = i * KSTEP < n_ok;
+            const int64_t el = ok ? pg[i * KSTEP / ATT_PAGE] * page_el + my_el + (i * KSTEP % ATT_PAGE) * D : 0;
             if (!I8) {
                 const __half *base = (const __half *)kv.data;
                 __half *dK = sK0 + st * KB * LDS, *dV = sV0 + st * KB * LDS;
-                cp_async16(dK + key * LDS + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
-                cp_async16(dV + key * LDS + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 16 : 0);
+                cp_async16(dK + key * LDS + dc * 8, base + el, ok ? 16 : 0);
+                cp_async16(dV + key * LDS + dc * 8, base + el + v_el, ok ? 16 : 0);
             } else {
                 const int8_t *base = (const int8_t *)kv.data;
                 int8_t *dK = sK80 + st * KB * D, *dV = sV80 + st * KB * D;
-                cp_async8(dK + key * D + dc * 8, base + (rowK * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
-                cp_async8(dV + key * D + dc * 8, base + (rowV * kv.page_size + off) * D + dc * 8, ok ? 8 : 0);
+                cp_async8(dK + key * D + dc * 8, base + el, ok ? 8 : 0);
+                cp_async8(dV + key * D + dc * 8, base + el + v_el, ok ? 8 : 0);
                 if (dc == 0) {
+                    /* scales: one per (page, layer, kv, head, t), el / D */
                     const __half *sc = (const __half *)kv.scales;
-                    sKs0[st * KB + key] = ok ? __half2float(sc[rowK * kv.page_size + off]) : 0.0f;
-                    sVs0[st * KB + key] = ok ? __half2float(sc[rowV * kv.page_size + off]) : 0.0f;
+                    sKs0[st * KB + key] = ok ? __half2float(sc[el / D]) : 0.0f;
+                    sVs0[st * KB + key] = ok ? __half2float(sc[(el + v_el) / D]) : 0.0f;
                 }
             }
         }
@@ -130,7 +184,7 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
     for (int kb = w.key_begin; kb < w.key_end; kb += KB, st ^= 1) {
         /* The stage written here was last read in the previous iteration,
          * which ended with a barrier. */
-        if (kb + KB < w.key_end) {
+        if (PIPE && kb + KB < w.key_end) {
             issue(kb + KB, st ^ 1);
             cp_async_wait_pending<1>();
         } else {
@@ -146,8 +200,9 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
              * 0x64XX is 1024 + XX in fp16, so with XX = b ^ 0x80 one byte
              * permute and one subtraction of 1152 give b. */
             const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
-            for (int c = c_first; c < c_end; c += c_step) {
-                const int key = c / CH, dc = c % CH;
+#pragma unroll
+            for (int i = 0; i < NCH; i++) {
+                const int key = kw + r + i * KSTEP;
                 const uint2 kq = *reinterpret_cast<const uint2 *>(sK8 + key * D + dc * 8);
                 const uint2 vq = *reinterpret_cast<const uint2 *>(sV8 + key * D + dc * 8);
                 const uint32_t src[4] = {kq.x ^ 0x80808080u, kq.y ^ 0x80808080u,
@@ -175,123 +230,156 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
             tile_sync();
         }
 
-        float s[NTW][4];
+        float s[QT][NTW][4];
 #pragma unroll
-        for (int nt = 0; nt < NTW; nt++)
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int t = 0; t < QT; t++)
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ks += 2)
+            for (int nt = 0; nt < NTW; nt++)
+                s[t][nt][0] = s[t][nt][1] = s[t][nt][2] = s[t][nt][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks += 2) {
+            uint32_t qa[QT][2][4];
+#pragma unroll
+            for (int t = 0; t < QT; t++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    if constexpr (QT == 1) {
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            qa[t][h][e] = qf[ks + h][e];
+                    } else {
+                        ldmatrix_x4(qa[t][h], sQ + ((warp * QT + t) * 16 + (lane & 15)) * LDS +
+                                                  (ks + h) * 16 + (lane >> 4) * 8);
+                    }
+                }
 #pragma unroll
             for (int nt = 0; nt < NTW; nt++) {
                 uint32_t b[4];
                 ldmatrix_x4(b, sK + ((nt0 + nt) * 8 + (lane & 7)) * LDS + ks * 16 + (lane >> 3) * 8);
-                mma_16816(s[nt], qf[ks], b[0], b[1]);
-                mma_16816(s[nt], qf[ks + 1], b[2], b[3]);
+#pragma unroll
+                for (int t = 0; t < QT; t++) {
+                    mma_16816(s[t][nt], qa[t][0], b[0], b[1]);
+                    mma_16816(s[t][nt], qa[t][1], b[2], b[3]);
+                }
             }
+        }
 
-        /* The running max is kept on S as it comes (scale_log2 > 0 keeps the
-         * order), and the scale goes into the exponent: one fma per score. */
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-        /* Tiles wholly below the diagonal (most of a long prefill) skip the mask. */
-        const bool visible = kb + KB <= w.key_end && kb + KB - 1 <= min(pos0, pos1);
         if (I8) {
 #pragma unroll
             for (int nt = 0; nt < NTW; nt++) {
                 const float k0 = sKs[(nt0 + nt) * 8 + 2 * tq], k1 = sKs[(nt0 + nt) * 8 + 2 * tq + 1];
-                s[nt][0] *= k0;
-                s[nt][1] *= k1;
-                s[nt][2] *= k0;
-                s[nt][3] *= k1;
+                s[0][nt][0] *= k0;
+                s[0][nt][1] *= k1;
+                s[0][nt][2] *= k0;
+                s[0][nt][3] *= k1;
             }
         }
-        if (!visible) {
+        uint32_t pa[QT][NTW / 2][4]; /* P as the A operand of P x V, fp16 */
 #pragma unroll
-            for (int nt = 0; nt < NTW; nt++)
+        for (int t = 0; t < QT; t++) {
+            /* Tiles wholly below the diagonal (most of a long prefill) skip the mask. */
+            const bool visible = kb + KB <= w.key_end && kb + KB - 1 <= min(pos[t][0], pos[t][1]);
+            if (!visible) {
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = kb + (nt0 + nt) * 8 + 2 * tq + (e & 1);
-                    const int p = e < 2 ? pos0 : pos1;
-                    if (!(key < w.key_end && key <= p))
-                        s[nt][e] = -INFINITY;
+                for (int nt = 0; nt < NTW; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = kb + (nt0 + nt) * 8 + 2 * tq + (e & 1);
+                        if (!(key < w.key_end && key <= pos[t][e >> 1]))
+                            s[t][nt][e] = -INFINITY;
+                    }
+            }
+            /* The running max is kept on S as it comes (scale_log2 > 0 keeps
+             * the order), and the scale goes into the exponent: one fma per
+             * score. m and the exponents are in log2 units after scale_log2. */
+            float mx[2] = {-INFINITY, -INFINITY}, c[2], bias[2], ls[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int nt = 0; nt < NTW; nt++) {
+                mx[0] = fmaxf(mx[0], fmaxf(s[t][nt][0], s[t][nt][1]));
+                mx[1] = fmaxf(mx[1], fmaxf(s[t][nt][2], s[t][nt][3]));
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(Q3_FULL_MASK, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(Q3_FULL_MASK, mx[h], 2));
+                const float mn = fmaxf(m[t][h], mx[h]);
+                c[h] = mn == -INFINITY ? 1.0f : exp2_ftz((m[t][h] - mn) * scale_log2);
+                bias[h] = mn == -INFINITY ? 0.0f : -mn * scale_log2;
+                m[t][h] = mn;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NTW; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[t][nt][e] = exp2_ftz(fmaf(s[t][nt][e], scale_log2, bias[e >> 1]));
+                ls[0] += s[t][nt][0] + s[t][nt][1];
+                ls[1] += s[t][nt][2] + s[t][nt][3];
+            }
+            l[t][0] = l[t][0] * c[0] + ls[0];
+            l[t][1] = l[t][1] * c[1] + ls[1];
+            /* Once the running max settles (most tiles of a long row), no row
+             * of the warp needs its output rescaled. */
+            if (!__all_sync(Q3_FULL_MASK, c[0] == 1.0f && c[1] == 1.0f)) {
+#pragma unroll
+                for (int i = 0; i < D / 8; i++) {
+                    o[t][i][0] *= c[0];
+                    o[t][i][1] *= c[0];
+                    o[t][i][2] *= c[1];
+                    o[t][i][3] *= c[1];
                 }
-        }
+            }
 #pragma unroll
-        for (int nt = 0; nt < NTW; nt++) {
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(Q3_FULL_MASK, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(Q3_FULL_MASK, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(Q3_FULL_MASK, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(Q3_FULL_MASK, mx1, 2));
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        /* m0, m1 and the exponents are in log2 units after scale_log2 */
-        const float c0 = mn0 == -INFINITY ? 1.0f : exp2_ftz((m0 - mn0) * scale_log2);
-        const float c1 = mn1 == -INFINITY ? 1.0f : exp2_ftz((m1 - mn1) * scale_log2);
-        const float b0 = mn0 == -INFINITY ? 0.0f : -mn0 * scale_log2;
-        const float b1 = mn1 == -INFINITY ? 0.0f : -mn1 * scale_log2;
-        float ls0 = 0.0f, ls1 = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < NTW; nt++) {
-            s[nt][0] = exp2_ftz(fmaf(s[nt][0], scale_log2, b0));
-            s[nt][1] = exp2_ftz(fmaf(s[nt][1], scale_log2, b0));
-            s[nt][2] = exp2_ftz(fmaf(s[nt][2], scale_log2, b1));
-            s[nt][3] = exp2_ftz(fmaf(s[nt][3], scale_log2, b1));
-            ls0 += s[nt][0] + s[nt][1];
-            ls1 += s[nt][2] + s[nt][3];
-        }
-        l0 = l0 * c0 + ls0;
-        l1 = l1 * c1 + ls1;
-        m0 = mn0;
-        m1 = mn1;
-        /* Once the running max settles (most tiles of a long row), no row of
-         * the warp needs its output rescaled. */
-        if (!__all_sync(Q3_FULL_MASK, c0 == 1.0f && c1 == 1.0f)) {
-#pragma unroll
-            for (int i = 0; i < D / 8; i++) {
-                o[i][0] *= c0;
-                o[i][1] *= c0;
-                o[i][2] *= c1;
-                o[i][3] *= c1;
+            for (int j = 0; j < NTW / 2; j++) {
+                pa[t][j][0] = pack_half2(s[t][2 * j][0], s[t][2 * j][1]);
+                pa[t][j][1] = pack_half2(s[t][2 * j][2], s[t][2 * j][3]);
+                pa[t][j][2] = pack_half2(s[t][2 * j + 1][0], s[t][2 * j + 1][1]);
+                pa[t][j][3] = pack_half2(s[t][2 * j + 1][2], s[t][2 * j + 1][3]);
             }
         }
 #pragma unroll
         for (int j = 0; j < NTW / 2; j++) {
-            uint32_t a[4] = {pack_half2(s[2 * j][0], s[2 * j][1]), pack_half2(s[2 * j][2], s[2 * j][3]),
-                             pack_half2(s[2 * j + 1][0], s[2 * j + 1][1]),
-                             pack_half2(s[2 * j + 1][2], s[2 * j + 1][3])};
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt += 2) {
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, sV + (nt0 * 8 + j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
                                          (dt + (lane >> 4)) * 8);
-                mma_16816(o[dt], a, b[0], b[1]);
-                mma_16816(o[dt + 1], a, b[2], b[3]);
+#pragma unroll
+                for (int t = 0; t < QT; t++) {
+                    mma_16816(o[t][dt], pa[t][j], b[0], b[1]);
+                    mma_16816(o[t][dt + 1], pa[t][j], b[2], b[3]);
+                }
             }
         }
         tile_sync(); /* the next iteration refills the other stage */
+        if (!PIPE && kb + KB < w.key_end)
+            issue(kb + KB, 0); /* the only stage, read by now */
     }
+    if constexpr (QT > 1)
+        cp_async_wait_pending<0>(); /* Q's copies, when there was no key */
 
-    l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 1);
-    l0 += __shfl_xor_sync(Q3_FULL_MASK, l0, 2);
-    l1 += __shfl_xor_sync(Q3_FULL_MASK, l1, 1);
-    l1 += __shfl_xor_sync(Q3_FULL_MASK, l1, 2);
-    if (DEC) {
+#pragma unroll
+    for (int t = 0; t < QT; t++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            l[t][h] += __shfl_xor_sync(Q3_FULL_MASK, l[t][h], 1);
+            l[t][h] += __shfl_xor_sync(Q3_FULL_MASK, l[t][h], 2);
+        }
+    if constexpr (DEC) {
         /* Merge the warps' partial softmaxes into warp 0 (m: raw scores):
          * O = sum_w o_w 2^((m_w - M) scale_log2), L likewise from l_w. The
          * tiles' shared memory is free now. */
         __syncthreads();
         float *xm = reinterpret_cast<float *>(smem), *xl = xm + WARPS * 16, *xo = xl + WARPS * 16;
         if (tq == 0) {
-            xm[warp * 16 + g] = m0;
-            xm[warp * 16 + g + 8] = m1;
-            xl[warp * 16 + g] = l0;
-            xl[warp * 16 + g + 8] = l1;
+            xm[warp * 16 + g] = m[0][0];
+            xm[warp * 16 + g + 8] = m[0][1];
+            xl[warp * 16 + g] = l[0][0];
+            xl[warp * 16 + g + 8] = l[0][1];
         }
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
-            *reinterpret_cast<float2 *>(xo + (warp * 16 + g) * D + dt * 8 + 2 * tq) = make_float2(o[dt][0], o[dt][1]);
-            *reinterpret_cast<float2 *>(xo + (warp * 16 + g + 8) * D + dt * 8 + 2 * tq) = make_float2(o[dt][2], o[dt][3]);
+            *reinterpret_cast<float2 *>(xo + (warp * 16 + g) * D + dt * 8 + 2 * tq) = make_float2(o[0][dt][0], o[0][dt][1]);
+            *reinterpret_cast<float2 *>(xo + (warp * 16 + g + 8) * D + dt * 8 + 2 * tq) = make_float2(o[0][dt][2], o[0][dt][3]);
         }
         __syncthreads();
         if (warp != 0)
@@ -302,51 +390,56 @@ __global__ void __launch_bounds__(WARPS * 32, 3)
             M0 = fmaxf(M0, xm[v * 16 + g]);
             M1 = fmaxf(M1, xm[v * 16 + g + 8]);
         }
-        l0 = l1 = 0.0f;
+        l[0][0] = l[0][1] = 0.0f;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++)
-            o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+            o[0][dt][0] = o[0][dt][1] = o[0][dt][2] = o[0][dt][3] = 0.0f;
 #pragma unroll
         for (int v = 0; v < WARPS; v++) {
             const float f0 = xm[v * 16 + g] == -INFINITY ? 0.0f : exp2f((xm[v * 16 + g] - M0) * scale_log2);
             const float f1 = xm[v * 16 + g + 8] == -INFINITY ? 0.0f : exp2f((xm[v * 16 + g + 8] - M1) * scale_log2);
-            l0 += xl[v * 16 + g] * f0;
-            l1 += xl[v * 16 + g + 8] * f1;
+            l[0][0] += xl[v * 16 + g] * f0;
+            l[0][1] += xl[v * 16 + g + 8] * f1;
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt++) {
                 const float2 a = *reinterpret_cast<const float2 *>(xo + (v * 16 + g) * D + dt * 8 + 2 * tq);
                 const float2 c = *reinterpret_cast<const float2 *>(xo + (v * 16 + g + 8) * D + dt * 8 + 2 * tq);
-                o[dt][0] += a.x * f0;
-                o[dt][1] += a.y * f0;
-                o[dt][2] += c.x * f1;
-                o[dt][3] += c.y * f1;
+                o[0][dt][0] += a.x * f0;
+                o[0][dt][1] += a.y * f0;
+                o[0][dt][2] += c.x * f1;
+                o[0][dt][3] += c.y * f1;
             }
         }
-        m0 = M0;
-        m1 = M1;
+        m[0][0] = M0;
+        m[0][1] = M1;
     }
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     if (w.part < 0) {
-        __half *d0 = q0 ? out + ((int64_t)(sg.tok0 + r0 / G) * n_heads + w.kv_head * G + r0 % G) * D : nullptr;
-        __half *d1 = q1 ? out + ((int64_t)(sg.tok0 + r1 / G) * n_heads + w.kv_head * G + r1 % G) * D : nullptr;
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            if (d0)
-                *reinterpret_cast<__half2 *>(d0 + dt * 8 + 2 * tq) = __floats2half2_rn(o[dt][0] * inv0, o[dt][1] * inv0);
-            if (d1)
-                *reinterpret_cast<__half2 *>(d1 + dt * 8 + 2 * tq) = __floats2half2_rn(o[dt][2] * inv1, o[dt][3] * inv1);
-        }
+        for (int t = 0; t < QT; t++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                if (rw[t][h] >= rows_total)
+                    continue;
+                const float inv = l[t][h] > 0.0f ? 1.0f / l[t][h] : 0.0f;
+                __half *d = out + q_off(rw[t][h]);
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt++)
+                    *reinterpret_cast<__half2 *>(d + dt * 8 + 2 * tq) =
+                        __floats2half2_rn(o[t][dt][2 * h] * inv, o[t][dt][2 * h + 1] * inv);
+            }
     } else if (warp == 0) {
         /* Decode tiles: 16 rows per part, all in warp 0. */
-        float *p0 = part_o + ((int64_t)w.part * 16 + g) * D, *p1 = p0 + 8 * D;
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            *reinterpret_cast<float2 *>(p0 + dt * 8 + 2 * tq) = make_float2(o[dt][0] * inv0, o[dt][1] * inv0);
-            *reinterpret_cast<float2 *>(p1 + dt * 8 + 2 * tq) = make_float2(o[dt][2] * inv1, o[dt][3] * inv1);
-        }
-        if (tq == 0) {
-            part_lse[(int64_t)w.part * 16 + g] = l0 > 0.0f ? m0 * scale_log2 + log2f(l0) : -INFINITY;
-            part_lse[(int64_t)w.part * 16 + g + 8] = l1 > 0.0f ? m1 * scale_log2 + log2f(l1) : -INFINITY;
+        for (int h = 0; h < 2; h++) {
+            const float inv = l[0][h] > 0.0f ? 1.0f / l[0][h] : 0.0f;
+            float *p = part_o + ((int64_t)w.part * 16 + g + 8 * h) * D;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++)
+                *reinterpret_cast<float2 *>(p + dt * 8 + 2 * tq) =
+                    make_float2(o[0][dt][2 * h] * inv, o[0][dt][2 * h + 1] * inv);
+            if (tq == 0)
+                part_lse[(int64_t)w.part * 16 + g + 8 * h] =
+                    l[0][h] > 0.0f ? m[0][h] * scale_log2 + log2f(l[0][h]) : -INFINITY;
         }
     }
 }
@@ -394,48 +487,127 @@ __global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg 
     }
 }
 
-static constexpr size_t attn_smem_bytes(int D, bool i8)
+static constexpr size_t attn_smem_bytes(int D, bool i8, int st, int qt = 1)
 {
-    /* sK, sV (two stages for fp16 pages, one for int8), and for int8 two
-     * stages of raw K, V and their scales */
-    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : 2) +
-           (i8 ? 2 * ((size_t)ATT_KB * D * 2 + ATT_KB * 8) : 0);
+    /* sK, sV (st stages for fp16 pages, one for int8), for int8 two stages
+     * of raw K, V and their scales, and with qt > 1 the block's Q rows */
+    return (size_t)ATT_KB * (D + 8) * 2 * 2 * (i8 ? 1 : st) +
+           (i8 ? 2 * ((size_t)ATT_KB * D * 2 + ATT_KB * 8) : 0) +
+           (qt > 1 ? (size_t)4 * 16 * qt * (D + 8) * 2 : 0);
 }
 
 /* The decode merge reuses the tiles' memory: 4 warps x 16 rows x (D + 2). */
-static constexpr size_t attn_smem_dec_bytes(int D, bool i8)
+static constexpr size_t attn_smem_dec_bytes(int D, bool i8, int st)
 {
-    return attn_smem_bytes(D, i8) > (size_t)4 * 16 * (D + 2) * 4 ? attn_smem_bytes(D, i8)
-                                                                     : (size_t)4 * 16 * (D + 2) * 4;
+    return attn_smem_bytes(D, i8, st) > (size_t)4 * 16 * (D + 2) * 4
+               ? attn_smem_bytes(D, i8, st)
+               : (size_t)4 * 16 * (D + 2) * 4;
 }
 
+/* The fp16 prefill kernel's shape on this GPU: query tiles per warp (qt) and
+ * stages of K/V tiles (st). Two query tiles per warp where two such blocks
+ * fit per SM (an H100: 2 x 102 KB at D = 128); otherwise one, with the stage
+ * count that keeps more blocks resident (at most 3, the launch bounds), two
+ * when both keep as many: a 3090 (100 KB per SM) holds one two-stage block
+ * but two one-stage blocks. Decode tiles take one query tile and st.
+ * QWEN3_BATCH_ATTN_QT=1|2 and QWEN3_BATCH_ATTN_STAGES=1|2 override (tests
+ * and measurements). */
+struct attn_shape {
+    int qt, st;
+};
+
+static int env_1or2(const char *name)
+{
+    const char *e = getenv(name);
+    return e && (e[0] == '1' || e[0] == '2') && !e[1] ? e[0] - '0' : 0;
+}
+
+static attn_shape attn_f16_shape(int D)
+{
+    static attn_shape memo[2]; /* D = 64, 128 */
+    attn_shape *m = &memo[D == 128];
+    if (m->qt)
+        return *m;
+    int dev = 0, per_sm = 0, reserved = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+        per_sm = 0;
+    cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev);
+    auto blocks = [&](int st, int qt) {
+        const int b = (int)((size_t)per_sm / (attn_smem_bytes(D, false, st, qt) + (size_t)reserved));
+        return b < 3 ? b : 3;
+    };
+    int qt = env_1or2("QWEN3_BATCH_ATTN_QT"), st = env_1or2("QWEN3_BATCH_ATTN_STAGES");
+    if (!qt)
+        qt = blocks(st ? st : 2, 2) >= 2 ? 2 : 1;
+    if (!st)
+        st = blocks(2, qt) >= blocks(1, qt) ? 2 : 1;
+    *m = attn_shape{qt, st};
+    return *m;
+}
+
+template <int D, bool I8, int ST, int QT>
+static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs,
+                           const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
+                           int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
+                           float *part_o, float *part_lse, cudaStream_t s)
+{
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    const size_t smem2 = attn_smem_bytes(D, I8, ST, QT), smemd = attn_smem_dec_bytes(D, I8, ST);
+    static bool attr_set = false; /* once per instantiation; harmless if repeated */
+    if (!attr_set) {
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
+        /* All of the SM's unified L1/shared memory as shared memory: the
+         * default carveout left room for two ~70 KB blocks, not three. */
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             (int)cudaSharedmemCarveoutMaxShared);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             (int)cudaSharedmemCarveoutMaxShared);
+        attr_set = true;
+    }
+    if (n_large > 0)
+        attn_kernel<D, 4, I8, false, ST, QT><<<n_large, 128, smem2, s>>>(
+            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+    /* Decode tiles are 16 rows; the four warps split each key tile. */
+    if (n_small > 0)
+        attn_kernel<D, 4, I8, true, ST><<<n_small, 128, smemd, s>>>(
+            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+}
+
+/* int8 pages keep one fp16 stage (their raw bytes have two) and one query
+ * tile per warp whatever the GPU; fp16 pages take attn_f16_shape. */
 template <int D, bool I8>
 static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
                         int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
                         float *part_o, float *part_lse, cudaStream_t s)
 {
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    const size_t smem2 = attn_smem_bytes(D, I8), smemd = attn_smem_dec_bytes(D, I8);
-    static bool attr_set = false; /* once per instantiation; harmless if repeated */
-    if (!attr_set) {
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
-        /* All of the SM's unified L1/shared memory as shared memory: the
-         * default carveout left room for two ~70 KB blocks, not three. */
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             (int)cudaSharedmemCarveoutMaxShared);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             (int)cudaSharedmemCarveoutMaxShared);
-        attr_set = true;
+    if constexpr (!I8) {
+        const attn_shape sh = attn_f16_shape(D);
+        if (sh.qt == 2 && sh.st == 2)
+            launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+                                           kv, layer, n_heads, part_o, part_lse, s);
+        else if (sh.qt == 2)
+            launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+                                           kv, layer, n_heads, part_o, part_lse, s);
+        else if (sh.st == 1)
+            launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+                                           kv, layer, n_heads, part_o, part_lse, s);
+        else
+            launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+                                           kv, layer, n_heads, part_o, part_lse, s);
+        return;
     }
-    if (n_large > 0)
-        attn_kernel<D, 4, I8, false><<<n_large, 128, smem2, s>>>(
-            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
-    /* Decode tiles are 16 rows; the four warps split each key tile. */
-    if (n_small > 0)
-        attn_kernel<D, 4, I8, true><<<n_small, 128, smemd, s>>>(
-            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+    launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages, kv, layer,
+                                n_heads, part_o, part_lse, s);
+}
+
+extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
+{
+    if (int8 || (head_dim != 64 && head_dim != 128))
+        return 64;
+    return 64 * attn_f16_shape(head_dim).qt;
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
@@ -447,7 +619,7 @@ extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg 
 {
     const __half *qh = (const __half *)q;
     __half *oh = (__half *)out;
-    if (n_heads % kv.n_kv_heads)
+    if (n_heads % kv.n_kv_heads || kv.page_size != ATT_PAGE)
         return cudaErrorInvalidValue;
     switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
     case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;

@@ -137,6 +137,7 @@ typedef struct cuda_engine {
 
     struct cu_seq *seqs;
     int max_seqs, max_T, G;
+    int att_rows; /* rows per prefill attention block (cu_attn_prefill_rows) */
     int dequant_min_m;
     size_t gemm_part_floats;
     int att_parts_max;
@@ -594,6 +595,7 @@ static int engine_begin(cuda_engine **out, const model_config *cfg, const eng_op
     if (e->max_T < 16)
         e->max_T = 16;
     e->G = cfg->n_heads / cfg->n_kv_heads;
+    e->att_rows = cu_attn_prefill_rows(cfg->head_dim, e->kv.int8);
     const char *dq = getenv("QWEN3_BATCH_DEQUANT_MIN_M");
     e->dequant_min_m = dq && atoi(dq) > 0 ? atoi(dq) : 512;
     const char *ng = getenv("QWEN3_BATCH_NO_GRAPHS");
@@ -1162,6 +1164,20 @@ static void pass_layout(const cuda_engine *e, struct pass *p)
 
 #define DEV(e, p) ((void *)((e)->meta_d + ((char *)(p) - (e)->meta_h)))
 
+static int work_longer_first(const void *a, const void *b)
+{
+    const cu_attn_work *x = a, *y = b;
+    int kx = x->key_end - x->key_begin, ky = y->key_end - y->key_begin;
+    if (kx != ky)
+        return kx > ky ? -1 : 1;
+    /* ties in a fixed order: the same pass launches the same grid */
+    if (x->seg != y->seg)
+        return x->seg < y->seg ? -1 : 1;
+    if (x->row0 != y->row0)
+        return x->row0 < y->row0 ? -1 : 1;
+    return x->kv_head - y->kv_head;
+}
+
 /* Host side of a pass: positions, slots, attention work, logits rows, jobs. */
 static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *segs, int n_segs,
                       int padded, struct pass *p, errbuf *err)
@@ -1197,7 +1213,8 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
     p->n_pages = pl;
     /* Attention: small tiles (<= 16 rows: decode) split their keys by the
      * sequence's own length only, so a sequence's result does not depend on
-     * the batch; large tiles (prefill) take 64 rows, later tiles first. */
+     * the batch; large tiles (prefill) take e->att_rows rows (64 or 128),
+     * later tiles first (they have the most keys). */
     int part = 0;
     for (int i = 0; i < n_segs; i++) {
         const cu_attn_seg *a = &p->as[i];
@@ -1213,13 +1230,18 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
                 }
             }
         } else {
-            for (int row0 = (rows - 1) / 64 * 64; row0 >= 0; row0 -= 64) {
-                int last = (row0 + 63) / G < a->n_tok - 1 ? (row0 + 63) / G : a->n_tok - 1;
+            const int R = e->att_rows;
+            for (int row0 = (rows - 1) / R * R; row0 >= 0; row0 -= R) {
+                int last = (row0 + R - 1) / G < a->n_tok - 1 ? (row0 + R - 1) / G : a->n_tok - 1;
                 for (int h = 0; h < Hkv; h++)
                     p->wl[p->n_large++] = (cu_attn_work){i, h, row0, 0, a->pos0 + last + 1, -1};
             }
         }
     }
+    /* Longest first over all segments, so that the blocks with the most keys
+     * do not start last and leave SMs idle at the end of a mixed pass. */
+    if (n_segs > 1)
+        qsort(p->wl, (size_t)p->n_large, sizeof *p->wl, work_longer_first);
     p->small_grid = p->n_small;
     p->comb_grid = p->n_comb;
     if (padded) {

@@ -232,6 +232,40 @@ static int generate(eng *e, const int32_t *prompt, int n_prompt, int n_new, int3
     return rc;
 }
 
+/* ---- the MLP activation, both paths (16-byte rows, and any even I) ---- */
+
+static void test_swiglu_op(int T, int I)
+{
+    size_t n_in = (size_t)T * 2 * I, n_out = (size_t)T * I;
+    uint16_t *gu = malloc(2 * n_in), *act = malloc(2 * n_out);
+    for (size_t i = 0; i < n_in; i++)
+        gu[i] = model_f32_to_f16(6.0f * frand());
+    void *dg, *da;
+    CHECK(cudaMalloc(&dg, 2 * n_in) == cudaSuccess);
+    CHECK(cudaMalloc(&da, 2 * n_out) == cudaSuccess);
+    cudaMemcpy(dg, gu, 2 * n_in, cudaMemcpyHostToDevice);
+    cudaMemset(da, 0xff, 2 * n_out); /* NaN poison */
+    CHECK(cu_swiglu(dg, T, I, da, 0) == cudaSuccess);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    cudaMemcpy(act, da, 2 * n_out, cudaMemcpyDeviceToHost);
+    double worst = 0;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < I; c++) {
+            double g = model_f16_to_f32(gu[(size_t)t * 2 * I + c]);
+            double u = model_f16_to_f32(gu[(size_t)t * 2 * I + I + c]);
+            double ref = g / (1.0 + exp(-g)) * u;
+            double got = model_f16_to_f32(act[(size_t)t * I + c]);
+            double e = isfinite(got) ? fabs(got - ref) / (1.0 + fabs(ref)) : INFINITY;
+            if (e > worst)
+                worst = e;
+        }
+    CHECK_MSG(worst < 2e-3, "swiglu T=%d I=%d: worst error %.3g", T, I, worst);
+    cudaFree(dg);
+    cudaFree(da);
+    free(gu);
+    free(act);
+}
+
 /* ---- the int4 product, op by op ---- */
 
 static void test_gemm_ops(int K, int N, int group)
@@ -727,6 +761,8 @@ int main(int argc, char **argv)
         return 77;
     }
     test_gemm_ops(256, 48, 32);
+    test_swiglu_op(5, 2056); /* vectorized: I % 8 == 0, rows of 257 vectors */
+    test_swiglu_op(3, 1030); /* any even I */
     if (!quick) {
         test_gemm_ops(512, 768, 128);
         test_gemm_ops(1024, 272, 64);

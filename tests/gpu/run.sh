@@ -40,6 +40,16 @@ do_check() {
     step "test_cuda_engine"
     "$test_bin" >"$log/check.log" 2>&1 || fail "test_cuda_engine (see check.log)"
     cat "$log/check.log"
+    # The other shapes of the fp16 prefill attention kernel, forced: the
+    # GPU picks one by shared memory per SM (an H100: two query tiles per
+    # warp, two stages; a 3090: one query tile, one stage).
+    for shape in "1 1" "1 2" "2 1" "2 2"; do
+        set -- $shape
+        step "test_cuda_engine, QWEN3_BATCH_ATTN_QT=$1 QWEN3_BATCH_ATTN_STAGES=$2"
+        QWEN3_BATCH_ATTN_QT=$1 QWEN3_BATCH_ATTN_STAGES=$2 "$test_bin" >"$log/check-qt$1-st$2.log" 2>&1 ||
+            fail "test_cuda_engine with QT=$1 STAGES=$2 (see check-qt$1-st$2.log)"
+        tail -n 1 "$log/check-qt$1-st$2.log"
+    done
 }
 
 do_sanitize() {
