@@ -138,6 +138,7 @@ typedef struct cuda_engine {
     struct cu_seq *seqs;
     int max_seqs, max_T, G;
     int att_rows; /* rows per prefill attention block (cu_attn_prefill_rows) */
+    int att_min_split; /* least keys per decode split, a multiple of 64 */
     int dequant_min_m;
     size_t gemm_part_floats;
     int att_parts_max;
@@ -596,6 +597,9 @@ static int engine_begin(cuda_engine **out, const model_config *cfg, const eng_op
         e->max_T = 16;
     e->G = cfg->n_heads / cfg->n_kv_heads;
     e->att_rows = cu_attn_prefill_rows(cfg->head_dim, e->kv.int8);
+    /* QWEN3_BATCH_ATT_SPLIT_KEYS: least keys per decode split (measurements) */
+    const char *sk = getenv("QWEN3_BATCH_ATT_SPLIT_KEYS");
+    e->att_min_split = sk && atoi(sk) >= 64 && atoi(sk) <= 8192 ? atoi(sk) / 64 * 64 : ATT_MIN_SPLIT_KEYS;
     const char *dq = getenv("QWEN3_BATCH_DEQUANT_MIN_M");
     e->dequant_min_m = dq && atoi(dq) > 0 ? atoi(dq) : 512;
     const char *ng = getenv("QWEN3_BATCH_NO_GRAPHS");
@@ -1016,14 +1020,12 @@ static int linear(cuda_engine *e, const struct cu_linear *L, const void *x, int 
     return 0;
 }
 
-static int att_split_keys(int keys)
+static int att_split_keys(const cuda_engine *e, int keys)
 {
     int per = (keys + ATT_MAX_SPLITS - 1) / ATT_MAX_SPLITS;
     per = (per + 63) / 64 * 64;
-    return per < ATT_MIN_SPLIT_KEYS ? ATT_MIN_SPLIT_KEYS : per;
+    return per < e->att_min_split ? e->att_min_split : per;
 }
-
-static int att_splits(int keys) { return (keys + att_split_keys(keys) - 1) / att_split_keys(keys); }
 
 static void prof(cuda_engine *e, int cat)
 {
@@ -1220,7 +1222,7 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
         const cu_attn_seg *a = &p->as[i];
         int rows = a->n_tok * G;
         if (rows <= 16) {
-            int keys = a->pos0 + a->n_tok, sp = att_splits(keys), per = att_split_keys(keys);
+            int keys = a->pos0 + a->n_tok, per = att_split_keys(e, keys), sp = (keys + per - 1) / per;
             for (int h = 0; h < Hkv; h++) {
                 if (sp > 1)
                     p->cb[p->n_comb++] = (cu_attn_combine){i, h, 0, sp, part};
