@@ -365,9 +365,16 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
             l[t][h] += __shfl_xor_sync(Q3_FULL_MASK, l[t][h], 2);
         }
     if constexpr (DEC) {
-        /* Merge the warps' partial softmaxes into warp 0 (m: raw scores):
-         * O = sum_w o_w 2^((m_w - M) scale_log2), L likewise from l_w. The
-         * tiles' shared memory is free now. */
+        /* Merge the warps' partial softmaxes (m: raw scores): O = sum_w o_w
+         * 2^((m_w - M) scale_log2), L likewise from l_w. Every warp takes
+         * D / WARPS of the columns (one warp merging all of them was a
+         * serial tail as long as a tile in short splits); the tiles'
+         * shared memory is free now. Rows past the tile's rows (a decode
+         * step has G of 16, G <= 8 in Qwen3) are neither merged nor
+         * written. Rows are D + 8 floats apart: no bank conflicts. */
+        constexpr int XLD = D + 8, DW = D / 8 / WARPS;
+        const int n_rows = rows_total - w.row0;
+        const int nh = n_rows > 8 ? 2 : 1; /* uniform over the block */
         __syncthreads();
         float *xm = reinterpret_cast<float *>(smem), *xl = xm + WARPS * 16, *xo = xl + WARPS * 16;
         if (tq == 0) {
@@ -376,44 +383,58 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
             xl[warp * 16 + g] = l[0][0];
             xl[warp * 16 + g + 8] = l[0][1];
         }
+        for (int h = 0; h < nh; h++)
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            *reinterpret_cast<float2 *>(xo + (warp * 16 + g) * D + dt * 8 + 2 * tq) = make_float2(o[0][dt][0], o[0][dt][1]);
-            *reinterpret_cast<float2 *>(xo + (warp * 16 + g + 8) * D + dt * 8 + 2 * tq) = make_float2(o[0][dt][2], o[0][dt][3]);
-        }
+            for (int dt = 0; dt < D / 8; dt++)
+                *reinterpret_cast<float2 *>(xo + (warp * 16 + g + 8 * h) * XLD + dt * 8 + 2 * tq) =
+                    make_float2(o[0][dt][2 * h], o[0][dt][2 * h + 1]);
         __syncthreads();
-        if (warp != 0)
-            return;
-        float M0 = -INFINITY, M1 = -INFINITY;
+        for (int h = 0; h < nh; h++) {
+            const int row = g + 8 * h;
+            float M = -INFINITY;
 #pragma unroll
-        for (int v = 0; v < WARPS; v++) {
-            M0 = fmaxf(M0, xm[v * 16 + g]);
-            M1 = fmaxf(M1, xm[v * 16 + g + 8]);
-        }
-        l[0][0] = l[0][1] = 0.0f;
+            for (int v = 0; v < WARPS; v++)
+                M = fmaxf(M, xm[v * 16 + row]);
+            float L = 0.0f, f[WARPS];
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++)
-            o[0][dt][0] = o[0][dt][1] = o[0][dt][2] = o[0][dt][3] = 0.0f;
+            for (int v = 0; v < WARPS; v++) {
+                f[v] = xm[v * 16 + row] == -INFINITY ? 0.0f : exp2f((xm[v * 16 + row] - M) * scale_log2);
+                L += xl[v * 16 + row] * f[v];
+            }
+            float2 acc[DW];
 #pragma unroll
-        for (int v = 0; v < WARPS; v++) {
-            const float f0 = xm[v * 16 + g] == -INFINITY ? 0.0f : exp2f((xm[v * 16 + g] - M0) * scale_log2);
-            const float f1 = xm[v * 16 + g + 8] == -INFINITY ? 0.0f : exp2f((xm[v * 16 + g + 8] - M1) * scale_log2);
-            l[0][0] += xl[v * 16 + g] * f0;
-            l[0][1] += xl[v * 16 + g + 8] * f1;
+            for (int i = 0; i < DW; i++) {
+                acc[i] = make_float2(0.0f, 0.0f);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                const float2 a = *reinterpret_cast<const float2 *>(xo + (v * 16 + g) * D + dt * 8 + 2 * tq);
-                const float2 c = *reinterpret_cast<const float2 *>(xo + (v * 16 + g + 8) * D + dt * 8 + 2 * tq);
-                o[0][dt][0] += a.x * f0;
-                o[0][dt][1] += a.y * f0;
-                o[0][dt][2] += c.x * f1;
-                o[0][dt][3] += c.y * f1;
+                for (int v = 0; v < WARPS; v++) {
+                    const float2 a = *reinterpret_cast<const float2 *>(xo + (v * 16 + row) * XLD +
+                                                                       (warp * DW + i) * 8 + 2 * tq);
+                    acc[i].x += a.x * f[v];
+                    acc[i].y += a.y * f[v];
+                }
+            }
+            if (row >= n_rows)
+                continue;
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+            if (w.part < 0) {
+                __half *d = out + q_off(w.row0 + row);
+#pragma unroll
+                for (int i = 0; i < DW; i++)
+                    *reinterpret_cast<__half2 *>(d + (warp * DW + i) * 8 + 2 * tq) =
+                        __floats2half2_rn(acc[i].x * inv, acc[i].y * inv);
+            } else {
+                /* 16 rows per part; the combine reads only the tile's rows */
+                float *pp = part_o + ((int64_t)w.part * 16 + row) * D;
+#pragma unroll
+                for (int i = 0; i < DW; i++)
+                    *reinterpret_cast<float2 *>(pp + (warp * DW + i) * 8 + 2 * tq) =
+                        make_float2(acc[i].x * inv, acc[i].y * inv);
+                if (warp == 0 && tq == 0)
+                    part_lse[(int64_t)w.part * 16 + row] = L > 0.0f ? M * scale_log2 + log2f(L) : -INFINITY;
             }
         }
-        m[0][0] = M0;
-        m[0][1] = M1;
-    }
-    if (w.part < 0) {
+        return;
+    } else {
 #pragma unroll
         for (int t = 0; t < QT; t++)
 #pragma unroll
@@ -427,20 +448,6 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                     *reinterpret_cast<__half2 *>(d + dt * 8 + 2 * tq) =
                         __floats2half2_rn(o[t][dt][2 * h] * inv, o[t][dt][2 * h + 1] * inv);
             }
-    } else if (warp == 0) {
-        /* Decode tiles: 16 rows per part, all in warp 0. */
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const float inv = l[0][h] > 0.0f ? 1.0f / l[0][h] : 0.0f;
-            float *p = part_o + ((int64_t)w.part * 16 + g + 8 * h) * D;
-#pragma unroll
-            for (int dt = 0; dt < D / 8; dt++)
-                *reinterpret_cast<float2 *>(p + dt * 8 + 2 * tq) =
-                    make_float2(o[0][dt][2 * h] * inv, o[0][dt][2 * h + 1] * inv);
-            if (tq == 0)
-                part_lse[(int64_t)w.part * 16 + g + 8 * h] =
-                    l[0][h] > 0.0f ? m[0][h] * scale_log2 + log2f(l[0][h]) : -INFINITY;
-        }
     }
 }
 
@@ -496,12 +503,13 @@ static constexpr size_t attn_smem_bytes(int D, bool i8, int st, int qt = 1)
            (qt > 1 ? (size_t)4 * 16 * qt * (D + 8) * 2 : 0);
 }
 
-/* The decode merge reuses the tiles' memory: 4 warps x 16 rows x (D + 2). */
+/* The decode merge reuses the tiles' memory: 4 warps x 16 rows of m, l
+ * and D + 8 floats of o. */
 static constexpr size_t attn_smem_dec_bytes(int D, bool i8, int st)
 {
-    return attn_smem_bytes(D, i8, st) > (size_t)4 * 16 * (D + 2) * 4
+    return attn_smem_bytes(D, i8, st) > (size_t)4 * 16 * (D + 10) * 4
                ? attn_smem_bytes(D, i8, st)
-               : (size_t)4 * 16 * (D + 2) * 4;
+               : (size_t)4 * 16 * (D + 10) * 4;
 }
 
 /* The fp16 prefill kernel's shape on this GPU: query tiles per warp (qt) and

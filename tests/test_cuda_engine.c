@@ -555,6 +555,69 @@ static void test_vs_cpu(const char *name, const model *m, enum eng_kv_type kv, d
     eng_close(cpu);
 }
 
+/* Decode steps whose keys are split over several blocks (flash-decoding:
+ * at least 64 keys a split, so 300+ keys take 5-6 splits, or 3 with
+ * split_keys 128) and merged: each step's logits against the CPU engine's
+ * for the same position. The prompt is prefilled (large tiles), then each
+ * token is one decode step (16-row tiles, the warps' merge, the combine). */
+static void test_decode_splits(const char *name, const model *m, enum eng_kv_type kv, double tol,
+                               const char *split_keys)
+{
+    enum { N = 340, P = 296 };
+    const int V = m->cfg.vocab_size;
+    errbuf err;
+    eng_options go = {.backend = ENG_BACKEND_CUDA, .kv_type = kv, .max_seqs = 4,
+                      .max_kv_tokens = 1024, .max_step_tokens = 512,
+                      .gpu_memory_budget = (size_t)1 << 30};
+    eng_options co = {.backend = ENG_BACKEND_CPU, .n_threads = 2, .max_seqs = 4,
+                      .max_kv_tokens = 1024};
+    eng *g = NULL, *cpu = NULL;
+    if (split_keys)
+        setenv("QWEN3_BATCH_ATT_SPLIT_KEYS", split_keys, 1);
+    int rc = cuda_engine_open(&g, m, &go, &err);
+    unsetenv("QWEN3_BATCH_ATT_SPLIT_KEYS");
+    if (rc) {
+        CHECK_MSG(0, "%s: cuda_engine_open: %s", name, err.msg);
+        return;
+    }
+    CHECK(cpu_engine_open(&cpu, m, &co, &err) == 0);
+    int32_t toks[N];
+    for (int i = 0; i < N; i++)
+        toks[i] = (int32_t)(next_u64() % (uint64_t)V);
+    float *lc = malloc(sizeof *lc * (size_t)N * V), *lg = malloc(sizeof *lg * (size_t)V);
+    CHECK(score(cpu, toks, N, lc) == 0);
+    const double ref_max = max_abs(lc + (size_t)P * V, (size_t)(N - P) * V);
+
+    sample_params sp;
+    sample_params_greedy(&sp);
+    int s = -1;
+    CHECK(eng_seq_add(g, &sp, &s, &err) == 0);
+    eng_item it = {.seq = s, .tokens = toks, .n_tokens = P};
+    rc = eng_step(g, &it, 1, NULL, NULL, &err);
+    CHECK_MSG(rc == 0, "%s: prefill: %s", name, err.msg);
+    double err_max = 0;
+    int agree = 0;
+    for (int k = P; k < N && !rc; k++) {
+        it = (eng_item){.seq = s, .tokens = &toks[k], .n_tokens = 1, .logits = ENG_LOGITS_LAST};
+        rc = eng_step(g, &it, 1, lg, NULL, &err);
+        CHECK_MSG(rc == 0, "%s: decode at %d: %s", name, k, err.msg);
+        const float *b = lc + (size_t)k * V;
+        for (int v = 0; v < V; v++)
+            err_max = fmax(err_max, fabs(lg[v] - b[v]));
+        agree += argmax(lg, V) == argmax(b, V);
+    }
+    printf("%s (kv %s, split keys %s): decode over split keys at %d..%d keys: logits max error "
+           "%.3e of max %.3f (%.2e relative); argmax agrees %d of %d\n",
+           name, kv == ENG_KV_INT8 ? "int8" : "f16", split_keys ? split_keys : "default", P + 1,
+           N, err_max, ref_max, err_max / ref_max, agree, N - P);
+    CHECK_MSG(!rc && err_max / ref_max < tol, "%s: decode logits differ from the CPU engine by %.3g",
+              name, err_max / ref_max);
+    eng_seq_release(g, s);
+    free(lc), free(lg);
+    eng_close(g);
+    eng_close(cpu);
+}
+
 /* Sequences of different lengths joining and leaving mid-decode give the
  * tokens each gives alone. */
 static void test_ragged(const char *name, const model *m, enum eng_kv_type kv)
@@ -826,7 +889,11 @@ int main(int argc, char **argv)
     test_vs_cpu("awq-d128-untied", &A.m, ENG_KV_INT8, 3e-2);
     test_fork(&A.m);
     test_sampling(&A.m);
+    test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, NULL);
     if (!quick) {
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, "128");
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_INT8, 3e-2, NULL);
+        test_decode_splits("bf16-d64-tied-yarn", &B.m, ENG_KV_F16, 1e-2, NULL);
         test_vs_cpu("bf16-d64-tied-yarn", &B.m, ENG_KV_F16, 1e-2);
         test_vs_cpu("awq-odd-shapes-g32", &C.m, ENG_KV_F16, 1e-2);
         setenv("QWEN3_BATCH_NO_INT4", "1", 1);
