@@ -7,7 +7,7 @@
  * head (GQA) are processed together and each K/V tile loaded into shared
  * memory serves all of them. Prefill tiles are 64 rows (4 warps); decode
  * tiles are 16 rows (the 4 warps split each key tile) and split the keys over several blocks
- * (flash-decoding) whose partial results a second kernel merges, so a
+ * (flash-decoding) whose partial results the last of them to finish merges, so a
  * handful of long sequences still fills the GPU. int8 pages are dequantized
  * while staging a tile. The host (cuda_engine.c) builds the work lists once
  * per step; every layer reuses them.
@@ -19,6 +19,57 @@
 
 #define ATT_KB 64
 #define ATT_PAGE 16 /* KV page size the kernels take (cuda_engine.c PAGE_SIZE) */
+
+/* Flash-decoding's merge, done by the last block of a combine entry to
+ * finish (no second kernel per layer): each block's partial results are
+ * made visible before it counts itself, the last one reads them all from
+ * L2, in part order (the same sums whatever order the blocks ran in), and
+ * re-arms the counter for the next layer. 16 rows, D columns, 4 warps. */
+template <int D>
+static __device__ void attn_combine_last(__half *__restrict__ out, const cu_attn_seg &sg,
+                                         const cu_attn_combine c, int *counter, int G,
+                                         int n_heads, const float *part_o, const float *part_lse)
+{
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(counter, 1) == c.n_parts - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    const int rows_total = sg.n_tok * G;
+    for (int rr = threadIdx.x / 32; rr < 16; rr += blockDim.x / 32) {
+        const int r = c.row0 + rr;
+        if (r >= rows_total)
+            continue;
+        float mx = -INFINITY;
+        for (int p = 0; p < c.n_parts; p++)
+            mx = fmaxf(mx, __ldcg(part_lse + (int64_t)(c.part0 + p) * 16 + rr));
+        float acc[D / 32];
+#pragma unroll
+        for (int i = 0; i < D / 32; i++)
+            acc[i] = 0.0f;
+        float wsum = 0.0f;
+        for (int p = 0; p < c.n_parts; p++) {
+            const float lse = __ldcg(part_lse + (int64_t)(c.part0 + p) * 16 + rr);
+            const float wgt = lse == -INFINITY ? 0.0f : exp2f(lse - mx);
+            wsum += wgt;
+            const float *po = part_o + ((int64_t)(c.part0 + p) * 16 + rr) * D;
+#pragma unroll
+            for (int i = 0; i < D / 32; i++)
+                acc[i] += wgt * __ldcg(po + (threadIdx.x & 31) + 32 * i);
+        }
+        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+        __half *dst = out + ((int64_t)(sg.tok0 + r / G) * n_heads + c.kv_head * G + r % G) * D;
+#pragma unroll
+        for (int i = 0; i < D / 32; i++)
+            dst[(threadIdx.x & 31) + 32 * i] = __float2half(acc[i] * inv);
+    }
+    if (threadIdx.x == 0)
+        *counter = 0;
+}
 
 /* DEC: a decode tile of 16 rows, whose keys the warps split (warp w takes
  * keys 16w..16w+15 of every 64-key tile, with its own running softmax) and
@@ -39,7 +90,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                 const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
                 const int32_t *__restrict__ pages, cu_kv kv, int layer, int n_heads,
-                float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse)
+                float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse,
+                const cu_attn_combine *__restrict__ comb, int *__restrict__ comb_counters)
 {
     static_assert(QT == 1 || (!I8 && !DEC), "two query tiles per warp: fp16 prefill only");
     constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
@@ -433,6 +485,9 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                     part_lse[(int64_t)w.part * 16 + row] = L > 0.0f ? M * scale_log2 + log2f(L) : -INFINITY;
             }
         }
+        if (w.part >= 0)
+            attn_combine_last<D>(out, sg, comb[w.comb], &comb_counters[w.comb], G, n_heads, part_o,
+                              part_lse);
         return;
     } else {
 #pragma unroll
@@ -448,49 +503,6 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                     *reinterpret_cast<__half2 *>(d + dt * 8 + 2 * tq) =
                         __floats2half2_rn(o[t][dt][2 * h] * inv, o[t][dt][2 * h + 1] * inv);
             }
-    }
-}
-
-/* One block per combine entry: 16 rows, D columns, n_parts partial results. */
-template <int D>
-__global__ void attn_combine_kernel(__half *__restrict__ out, const cu_attn_seg *__restrict__ segs,
-                                    const cu_attn_combine *__restrict__ comb, int n_heads,
-                                    int n_kv_heads, const float *__restrict__ part_o,
-                                    const float *__restrict__ part_lse)
-{
-    pdl_trigger();
-    const cu_attn_combine c = comb[blockIdx.x];
-    if (c.n_parts <= 0)
-        return;
-    const cu_attn_seg sg = segs[c.seg];
-    const int G = n_heads / n_kv_heads;
-    const int rows_total = sg.n_tok * G;
-    for (int rr = threadIdx.x / 32; rr < 16; rr += blockDim.x / 32) {
-        const int r = c.row0 + rr;
-        if (r >= rows_total)
-            continue;
-        float mx = -INFINITY;
-        for (int p = 0; p < c.n_parts; p++)
-            mx = fmaxf(mx, part_lse[(int64_t)(c.part0 + p) * 16 + rr]);
-        float acc[D / 32];
-#pragma unroll
-        for (int i = 0; i < D / 32; i++)
-            acc[i] = 0.0f;
-        float wsum = 0.0f;
-        for (int p = 0; p < c.n_parts; p++) {
-            const float lse = part_lse[(int64_t)(c.part0 + p) * 16 + rr];
-            const float wgt = lse == -INFINITY ? 0.0f : exp2f(lse - mx);
-            wsum += wgt;
-            const float *po = part_o + ((int64_t)(c.part0 + p) * 16 + rr) * D;
-#pragma unroll
-            for (int i = 0; i < D / 32; i++)
-                acc[i] += wgt * po[(threadIdx.x & 31) + 32 * i];
-        }
-        const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
-        __half *dst = out + ((int64_t)(sg.tok0 + r / G) * n_heads + c.kv_head * G + r % G) * D;
-#pragma unroll
-        for (int i = 0; i < D / 32; i++)
-            dst[(threadIdx.x & 31) + 32 * i] = __float2half(acc[i] * inv);
     }
 }
 
@@ -558,7 +570,8 @@ template <int D, bool I8, int ST, int QT>
 static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs,
                            const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
                            int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
-                           float *part_o, float *part_lse, cudaStream_t s)
+                           float *part_o, float *part_lse, const cu_attn_combine *comb,
+                           int *comb_counters, cudaStream_t s)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
     const size_t smem2 = attn_smem_bytes(D, I8, ST, QT), smemd = attn_smem_dec_bytes(D, I8, ST);
@@ -576,11 +589,11 @@ static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs
     }
     if (n_large > 0)
         attn_kernel<D, 4, I8, false, ST, QT><<<n_large, 128, smem2, s>>>(
-            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
     /* Decode tiles are 16 rows; the four warps split each key tile. */
     if (n_small > 0)
         attn_kernel<D, 4, I8, true, ST><<<n_small, 128, smemd, s>>>(
-            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse);
+            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
 }
 
 /* int8 pages keep one fp16 stage (their raw bytes have two) and one query
@@ -589,26 +602,27 @@ template <int D, bool I8>
 static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
                         const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
                         int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
-                        float *part_o, float *part_lse, cudaStream_t s)
+                        float *part_o, float *part_lse, const cu_attn_combine *comb,
+                        int *comb_counters, cudaStream_t s)
 {
     if constexpr (!I8) {
         const attn_shape sh = attn_f16_shape(D);
         if (sh.qt == 2 && sh.st == 2)
             launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, s);
+                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         else if (sh.qt == 2)
             launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, s);
+                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         else if (sh.st == 1)
             launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, s);
+                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         else
             launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, s);
+                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         return;
     }
     launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages, kv, layer,
-                                n_heads, part_o, part_lse, s);
+                                n_heads, part_o, part_lse, comb, comb_counters, s);
 }
 
 extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
@@ -621,26 +635,20 @@ extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
                                     const cu_attn_work *w_small, int n_small,
                                     const cu_attn_work *w_large, int n_large,
-                                    const cu_attn_combine *comb, int n_comb, const int32_t *pages,
-                                    cu_kv kv, int layer, int n_heads, float *part_o,
-                                    float *part_lse, cudaStream_t s)
+                                    const cu_attn_combine *comb, const int32_t *pages, cu_kv kv,
+                                    int layer, int n_heads, float *part_o, float *part_lse,
+                                    int *comb_counters, cudaStream_t s)
 {
     const __half *qh = (const __half *)q;
     __half *oh = (__half *)out;
     if (n_heads % kv.n_kv_heads || kv.page_size != ATT_PAGE)
         return cudaErrorInvalidValue;
     switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
-    case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
-    case 129: launch_attn<64, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
-    case 256: launch_attn<128, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
-    case 257: launch_attn<128, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, s); break;
+    case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 129: launch_attn<64, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 256: launch_attn<128, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 257: launch_attn<128, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
     default: return cudaErrorInvalidValue;
-    }
-    if (n_comb > 0) {
-        if (kv.head_dim == 64)
-            attn_combine_kernel<64><<<n_comb, 128, 0, s>>>(oh, segs, comb, n_heads, kv.n_kv_heads, part_o, part_lse);
-        else
-            attn_combine_kernel<128><<<n_comb, 128, 0, s>>>(oh, segs, comb, n_heads, kv.n_kv_heads, part_o, part_lse);
     }
     return cudaGetLastError();
 }

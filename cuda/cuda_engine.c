@@ -149,6 +149,7 @@ typedef struct cuda_engine {
     void *hl;                     /* final-norm rows for lm_head */
     float *logits;                /* [LOGIT_ROWS][V] */
     float *gemm_part, *att_part_o, *att_part_lse;
+    int *att_comb_counters; /* one per combine entry, zero between layers */
     void *dq_ws;
     size_t dq_ws_bytes;
     void *blas_ws;
@@ -407,7 +408,8 @@ static size_t work_bytes(const cuda_engine *e)
     const model_config *c = &e->c;
     size_t V = c->vocab_size, H = c->hidden_size, D = c->head_dim;
     return LOGIT_ROWS * (V * 4 + H * 2) + e->gemm_part_floats * 4 +
-           (size_t)e->att_parts_max * 16 * (D + 1) * 4 + e->dq_ws_bytes + BLAS_WS_BYTES + 8 * 256;
+           (size_t)e->att_parts_max * 16 * (D + 1) * 4 + (size_t)e->max_seqs * c->n_kv_heads * 4 +
+           e->dq_ws_bytes + BLAS_WS_BYTES + 8 * 256;
 }
 
 /* Split-K scratch for the int4 product: the most any layer shape asks. */
@@ -458,6 +460,7 @@ static int alloc_activations(cuda_engine *e, errbuf *err)
         dev_alloc(e, (void **)&e->gemm_part, e->gemm_part_floats * 4, "workspace", err) ||
         dev_alloc(e, (void **)&e->att_part_o, (size_t)e->att_parts_max * 16 * D * 4, "workspace", err) ||
         dev_alloc(e, (void **)&e->att_part_lse, (size_t)e->att_parts_max * 16 * 4, "workspace", err) ||
+        dev_alloc(e, (void **)&e->att_comb_counters, (size_t)e->max_seqs * c->n_kv_heads * 4, "workspace", err) ||
         dev_alloc(e, &e->blas_ws, BLAS_WS_BYTES, "workspace", err) ||
         dev_alloc(e, (void **)&e->samp_d, (size_t)e->max_seqs * 4, "workspace", err))
         return -1;
@@ -473,6 +476,8 @@ static int alloc_activations(cuda_engine *e, errbuf *err)
     CU_CHECK(cu_w4a16_init_scratch(e->gemm_part, e->gemm_part_floats, e->stream));
     /* lm_head always multiplies LOGIT_ROWS rows (batch invariance): keep unused rows finite. */
     CU_CHECK(cudaMemsetAsync(e->hl, 0, LOGIT_ROWS * H * 2, e->stream));
+    CU_CHECK(cudaMemsetAsync(e->att_comb_counters, 0, (size_t)e->max_seqs * c->n_kv_heads * 4,
+                             e->stream));
     BLAS_CHECK(cublasSetWorkspace(e->blas, e->blas_ws, BLAS_WS_BYTES));
     return 0;
 }
@@ -1135,7 +1140,7 @@ struct pass {
     cu_attn_combine *cb;
     cu_sample_job *jobs;
     int n_small, n_large, n_comb, n_lrows, n_jobs, n_pages;
-    int small_grid, comb_grid; /* launched blocks (graphs: padded to capacity) */
+    int small_grid; /* launched decode blocks (graphs: padded to capacity) */
     size_t pen_n;
     int *dest;     /* [n_lrows] logits row of the caller's buffer, or -1 */
     int *job_lrow; /* [n_jobs] */
@@ -1224,11 +1229,12 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
         if (rows <= 16) {
             int keys = a->pos0 + a->n_tok, per = att_split_keys(e, keys), sp = (keys + per - 1) / per;
             for (int h = 0; h < Hkv; h++) {
+                const int cb = sp > 1 ? p->n_comb++ : -1;
                 if (sp > 1)
-                    p->cb[p->n_comb++] = (cu_attn_combine){i, h, 0, sp, part};
+                    p->cb[cb] = (cu_attn_combine){i, h, 0, sp, part};
                 for (int k = 0; k < sp; k++) {
                     int kb = k * per, ke = kb + per < keys ? kb + per : keys;
-                    p->ws[p->n_small++] = (cu_attn_work){i, h, 0, kb, ke, sp > 1 ? part++ : -1};
+                    p->ws[p->n_small++] = (cu_attn_work){i, h, 0, kb, ke, sp > 1 ? part++ : -1, cb};
                 }
             }
         } else {
@@ -1236,7 +1242,7 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
             for (int row0 = (rows - 1) / R * R; row0 >= 0; row0 -= R) {
                 int last = (row0 + R - 1) / G < a->n_tok - 1 ? (row0 + R - 1) / G : a->n_tok - 1;
                 for (int h = 0; h < Hkv; h++)
-                    p->wl[p->n_large++] = (cu_attn_work){i, h, row0, 0, a->pos0 + last + 1, -1};
+                    p->wl[p->n_large++] = (cu_attn_work){i, h, row0, 0, a->pos0 + last + 1, -1, -1};
             }
         }
     }
@@ -1245,15 +1251,11 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
     if (n_segs > 1)
         qsort(p->wl, (size_t)p->n_large, sizeof *p->wl, work_longer_first);
     p->small_grid = p->n_small;
-    p->comb_grid = p->n_comb;
     if (padded) {
         /* A graph launches fixed grids; the extra blocks find seg -1 and leave. */
         p->small_grid = n_segs * Hkv * ATT_MAX_SPLITS;
-        p->comb_grid = n_segs * Hkv;
         for (int k = p->n_small; k < p->small_grid; k++)
-            p->ws[k] = (cu_attn_work){-1, 0, 0, 0, 0, -1};
-        for (int k = p->n_comb; k < p->comb_grid; k++)
-            p->cb[k] = (cu_attn_combine){-1, 0, 0, 0, 0};
+            p->ws[k] = (cu_attn_work){-1, 0, 0, 0, 0, -1, -1};
     }
 
     /* Rows that need logits, in item order, and the sampling jobs. */
@@ -1330,7 +1332,7 @@ static int pass_upload(cuda_engine *e, const struct pass *p, errbuf *err)
                  {p->lrows, 4 * (size_t)p->n_lrows},
                  {p->as, sizeof *p->as * (size_t)p->n_segs},
                  {p->jobs, sizeof *p->jobs * (size_t)p->n_jobs},
-                 {p->cb, sizeof *p->cb * (size_t)p->comb_grid},
+                 {p->cb, sizeof *p->cb * (size_t)p->n_comb},
                  {p->ws, sizeof *p->ws * (size_t)p->small_grid},
                  {p->wl, sizeof *p->wl * (size_t)p->n_large},
                  {p->pages, 4 * (size_t)p->n_pages}};
@@ -1379,9 +1381,9 @@ static int pass_run(cuda_engine *e, const struct pass *p, float *logits_out, err
                                        e->attn_factor, e->qa, e->kv, l, e->stream));
         prof(e, P_ATTN);
         CU_CHECK(cu_attention(e->qa, e->att, DEV(e, p->as), DEV(e, p->ws), p->small_grid,
-                              DEV(e, p->wl), p->n_large, DEV(e, p->cb), p->comb_grid,
-                              DEV(e, p->pages), e->kv, l, c->n_heads, e->att_part_o,
-                              e->att_part_lse, e->stream));
+                              DEV(e, p->wl), p->n_large, DEV(e, p->cb), DEV(e, p->pages), e->kv,
+                              l, c->n_heads, e->att_part_o, e->att_part_lse,
+                              e->att_comb_counters, e->stream));
         prof(e, P_O);
         if (linear(e, &L->o, e->att, T, e->y, err))
             return -1;

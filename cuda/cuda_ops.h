@@ -45,9 +45,10 @@ typedef struct cu_attn_seg {
 /* One thread block of attention: rows [row0, row0 + rows_per_block) of the
  * segment, where row r is token r / G and query head kv_head * G + r % G
  * (G = n_heads / n_kv_heads), against keys [key_begin, key_end). part < 0
- * writes the output; part >= 0 writes a partial result for a combine. */
+ * writes the output; part >= 0 writes a partial result for combine entry
+ * comb, and the last of its blocks to finish merges them. */
 typedef struct cu_attn_work {
-    int seg, kv_head, row0, key_begin, key_end, part;
+    int seg, kv_head, row0, key_begin, key_end, part, comb;
 } cu_attn_work;
 
 /* Merges n_parts partial results (parts part0..) of 16 rows. */
@@ -153,7 +154,8 @@ cudaError_t cu_qk_norm_rope_store(const void *qkv, int T, int n_heads, int n_kv,
 /* Row tiles: 16 rows per block for w_small, cu_attn_prefill_rows() for
  * w_large. Key ranges start at multiples of 64 and pages hold 16 positions
  * (kv.page_size; anything else is cudaErrorInvalidValue). part_o holds
- * [part][16][D] fp32, part_lse [part][16]. */
+ * [part][16][D] fp32, part_lse [part][16]; comb_counters one int per entry
+ * of comb, zero before the first call (each call leaves them zero). */
 /* Rows per w_large block on this GPU for this cache: 64, or 128 where the
  * kernel gives each warp two query tiles (fp16 pages, enough shared memory
  * for two such blocks per SM). Fixed for the process. */
@@ -161,9 +163,9 @@ int cu_attn_prefill_rows(int head_dim, int int8);
 
 cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
                          const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
-                         int n_large, const cu_attn_combine *comb, int n_comb,
-                         const int32_t *pages, cu_kv kv, int layer, int n_heads, float *part_o,
-                         float *part_lse, cudaStream_t s);
+                         int n_large, const cu_attn_combine *comb, const int32_t *pages,
+                         cu_kv kv, int layer, int n_heads, float *part_o, float *part_lse,
+                         int *comb_counters, cudaStream_t s);
 
 /* ---- swiglu.cu ---- */
 
