@@ -116,6 +116,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     if (w.seg < 0)
         return; /* padding of a fixed grid (CUDA graphs) */
     const cu_attn_seg sg = segs[w.seg];
+    pdl_wait(); /* q and this step's keys come from the kernel before */
     const int G = n_heads / kv.n_kv_heads;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int rows_total = sg.n_tok * G;
@@ -588,12 +589,14 @@ static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs
         attr_set = true;
     }
     if (n_large > 0)
-        attn_kernel<D, 4, I8, false, ST, QT><<<n_large, 128, smem2, s>>>(
-            q, out, segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
+        q3_launch(attn_kernel<D, 4, I8, false, ST, QT>, dim3(n_large), dim3(128), smem2, s, q, out,
+                  segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
+                  comb_counters);
     /* Decode tiles are 16 rows; the four warps split each key tile. */
     if (n_small > 0)
-        attn_kernel<D, 4, I8, true, ST><<<n_small, 128, smemd, s>>>(
-            q, out, segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
+        q3_launch(attn_kernel<D, 4, I8, true, ST>, dim3(n_small), dim3(128), smemd, s, q, out,
+                  segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
+                  comb_counters);
 }
 
 /* int8 pages keep one fp16 stage (their raw bytes have two) and one query

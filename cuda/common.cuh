@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "cuda_ops.h"
 
@@ -33,6 +34,44 @@ static __device__ __forceinline__ void pdl_wait(void)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+/* Whether q3_launch uses programmatic dependent launch: sm_90 and later,
+ * unless QWEN3_BATCH_NO_PDL=1 (for measurements). */
+static int q3_pdl_on(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        int dev = 0, major = 0;
+        const char *e = getenv("QWEN3_BATCH_NO_PDL");
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            major = 0;
+        on = major >= 9 && !(e && *e == '1');
+    }
+    return on;
+}
+
+/* Launches kernel k on s, with the programmatic-serialization attribute
+ * where q3_pdl_on(): k may start while the kernel before it drains (that
+ * one's pdl_trigger), so it must call pdl_wait() before it reads anything
+ * the kernels before it write, or writes anything they read. A decode step
+ * is ~400 small kernels; each launch gap hidden is a few microseconds. */
+template <typename... P, typename... A>
+static cudaError_t q3_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                             A... args)
+{
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = q3_pdl_on() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
 }
 
 static __device__ __forceinline__ float warp_sum(float v)

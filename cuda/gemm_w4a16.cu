@@ -480,6 +480,7 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
                        __half *__restrict__ y, int ldy, float *__restrict__ part,
                        size_t part_counters_off)
 {
+    pdl_trigger(); /* the kernel after waits for all of this one anyway */
     extern __shared__ __align__(16) unsigned char w4s_smem[];
     __half *sx = reinterpret_cast<__half *>(w4s_smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -603,31 +604,15 @@ static void w4_set_max_smem(const w4_kernel_fn *k, int n, size_t bytes)
 }
 
 /* Launches an int4 kernel, on sm_90 with programmatic dependent launch
- * (see pdl_wait): its blocks start as the kernel before them drains and
- * fetch their first weight tiles meanwhile. QWEN3_BATCH_NO_PDL=1 turns it
- * off (for measurements). */
+ * (q3_launch): its blocks start as the kernel before them drains and fetch
+ * their first weight tiles meanwhile. */
 static cudaError_t w4_launch(w4_kernel_fn k, dim3 grid, int threads, size_t smem, cudaStream_t s,
                              const __half *x, int M, int ldx, const uint4 *qw, const __half2 *sz,
                              int K, int N, int sh, int kps, __half *y, int ldy, float *part,
                              size_t counters_off)
 {
-    static int pdl = -1;
-    if (pdl < 0) {
-        const char *e = getenv("QWEN3_BATCH_NO_PDL");
-        pdl = w4_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) >= 9 && !(e && *e == '1');
-    }
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, k, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, part,
-                              counters_off);
+    return q3_launch(k, grid, dim3(threads), smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy,
+                     part, counters_off);
 }
 
 /* Resident blocks of the small kernel per SM (registers and threads; the
@@ -751,6 +736,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
                       int kt_per_split, __half *__restrict__ y, int ldy, float *__restrict__ part,
                       size_t part_counters_off)
 {
+    pdl_trigger();
     constexpr int ROWS = NB * 8 + 1, LDS = W4R_CK * 64 + 8, STAGE = ROWS * LDS, U = W4R_CK;
     extern __shared__ __align__(16) unsigned char w4r_smem[];
     __half *sx = reinterpret_cast<__half *>(w4r_smem);

@@ -12,6 +12,7 @@ __global__ void rmsnorm_kernel(float *__restrict__ x, const __half *__restrict__
 {
     __shared__ float scratch[32];
     pdl_trigger();
+    pdl_wait(); /* x and y come from the kernels before */
     int r = blockIdx.x;
     int64_t src = rows ? rows[r] : r;
     float *xr = x + src * H;
@@ -45,6 +46,7 @@ __global__ void rmsnorm_vec_kernel(float *__restrict__ x, const __half *__restri
 {
     __shared__ float scratch[32];
     pdl_trigger();
+    pdl_wait(); /* x and y come from the kernels before */
     const int r = blockIdx.x, H4 = H / 4;
     const int64_t src = rows ? rows[r] : r;
     float4 *xr = reinterpret_cast<float4 *>(x + src * H);
@@ -94,17 +96,14 @@ extern "C" cudaError_t cu_rmsnorm(float *x, const void *y, const int32_t *rows, 
         const int per = (H / 4 + 255) / 256; /* float4 per thread with 256 threads */
         const __half *yh = (const __half *)y;
         __half *oh = (__half *)out;
-        if (per <= 1)
-            rmsnorm_vec_kernel<1><<<n_rows, 256, 0, s>>>(x, yh, rows, H, w, eps, oh);
-        else if (per <= 2)
-            rmsnorm_vec_kernel<2><<<n_rows, 256, 0, s>>>(x, yh, rows, H, w, eps, oh);
-        else if (per <= 4)
-            rmsnorm_vec_kernel<4><<<n_rows, 256, 0, s>>>(x, yh, rows, H, w, eps, oh);
-        else
-            rmsnorm_vec_kernel<8><<<n_rows, 256, 0, s>>>(x, yh, rows, H, w, eps, oh);
-        return cudaGetLastError();
+        void (*k)(float *, const __half *, const int32_t *, int, const float *, float, __half *) =
+            per <= 1   ? rmsnorm_vec_kernel<1>
+            : per <= 2 ? rmsnorm_vec_kernel<2>
+            : per <= 4 ? rmsnorm_vec_kernel<4>
+                       : rmsnorm_vec_kernel<8>;
+        return q3_launch(k, dim3(n_rows), dim3(256), 0, s, x, yh, rows, H, w, eps, oh);
     }
     int threads = H >= 4096 ? 512 : H >= 1024 ? 256 : 128;
-    rmsnorm_kernel<<<n_rows, threads, 0, s>>>(x, (const __half *)y, rows, H, w, eps, (__half *)out);
-    return cudaGetLastError();
+    return q3_launch(rmsnorm_kernel, dim3(n_rows), dim3(threads), 0, s, x, (const __half *)y, rows,
+                     H, w, eps, (__half *)out);
 }

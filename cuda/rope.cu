@@ -17,6 +17,8 @@ __global__ void __launch_bounds__(256)
                               float attn_factor, __half *__restrict__ q_out, cu_kv kv, int layer)
 {
     constexpr int D = E * 64, HALF = D / 2;
+    pdl_trigger();
+    pdl_wait(); /* qkv comes from the kernel before; the cache is read by the ones after */
     const int t = blockIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int head = blockIdx.y * 8 + warp;
@@ -104,21 +106,14 @@ extern "C" cudaError_t cu_qk_norm_rope_store(const void *qkv, int T, int n_heads
     dim3 grid(T, (n_heads + 2 * n_kv + 7) / 8);
     const __half *in = (const __half *)qkv;
     __half *out = (__half *)q_out;
+    void (*k)(const __half *, int, int, const float *, const float *, float, const int32_t *,
+              const int32_t *, const float *, float, __half *, cu_kv, int);
     switch (D) {
-    case 64:
-        qk_norm_rope_store_kernel<1><<<grid, 256, 0, s>>>(in, n_heads, n_kv, q_norm, k_norm, eps, pos,
-                                                          slot, inv_freq, attn_factor, out, kv, layer);
-        break;
-    case 128:
-        qk_norm_rope_store_kernel<2><<<grid, 256, 0, s>>>(in, n_heads, n_kv, q_norm, k_norm, eps, pos,
-                                                          slot, inv_freq, attn_factor, out, kv, layer);
-        break;
-    case 256:
-        qk_norm_rope_store_kernel<4><<<grid, 256, 0, s>>>(in, n_heads, n_kv, q_norm, k_norm, eps, pos,
-                                                          slot, inv_freq, attn_factor, out, kv, layer);
-        break;
-    default:
-        return cudaErrorInvalidValue;
+    case 64: k = qk_norm_rope_store_kernel<1>; break;
+    case 128: k = qk_norm_rope_store_kernel<2>; break;
+    case 256: k = qk_norm_rope_store_kernel<4>; break;
+    default: return cudaErrorInvalidValue;
     }
-    return cudaGetLastError();
+    return q3_launch(k, grid, dim3(256), 0, s, in, n_heads, n_kv, q_norm, k_norm, eps, pos, slot,
+                     inv_freq, attn_factor, out, kv, layer);
 }

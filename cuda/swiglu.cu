@@ -18,6 +18,7 @@ __global__ void swiglu_vec_kernel(const uint4 *__restrict__ gu, int I8, uint4 *_
 {
     /* I8 = I / 8 vectors per row half */
     pdl_trigger();
+    pdl_wait(); /* gu comes from the kernel before */
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= I8)
         return;
@@ -36,6 +37,7 @@ __global__ void swiglu_kernel(const __half2 *__restrict__ gu, int T, int I2, __h
 {
     /* I2 = I / 2 pairs per row */
     pdl_trigger();
+    pdl_wait();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)T * I2)
         return;
@@ -51,12 +53,10 @@ extern "C" cudaError_t cu_swiglu(const void *gu, int T, int I, void *act, cudaSt
         return cudaErrorInvalidValue;
     if (I % 8 == 0 && T <= 65535) {
         const int I8 = I / 8;
-        swiglu_vec_kernel<<<dim3((unsigned)((I8 + 255) / 256), (unsigned)T), 256, 0, s>>>(
-            (const uint4 *)gu, I8, (uint4 *)act);
-        return cudaGetLastError();
+        return q3_launch(swiglu_vec_kernel, dim3((unsigned)((I8 + 255) / 256), (unsigned)T),
+                         dim3(256), 0, s, (const uint4 *)gu, I8, (uint4 *)act);
     }
     int64_t n = (int64_t)T * (I / 2);
-    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((const __half2 *)gu, T, I / 2,
-                                                              (__half2 *)act);
-    return cudaGetLastError();
+    return q3_launch(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s,
+                     (const __half2 *)gu, T, I / 2, (__half2 *)act);
 }
