@@ -555,11 +555,13 @@ static void test_vs_cpu(const char *name, const model *m, enum eng_kv_type kv, d
     eng_close(cpu);
 }
 
-/* Decode steps whose keys are split over several blocks (flash-decoding:
- * at least split_keys a split, QWEN3_BATCH_ATT_SPLIT_KEYS, 256 by default:
- * 297-340 keys take 5-6 splits of 64, 3 of 128 or 2 of 256) and merged: each step's logits against the CPU engine's
- * for the same position. The prompt is prefilled (large tiles), then each
- * token is one decode step (16-row tiles, the warps' merge, the combine). */
+/* Decode steps whose keys are split over several blocks (flash-decoding,
+ * at least split_keys keys a split: QWEN3_BATCH_ATT_SPLIT_KEYS, 256 by
+ * default; 297-340 keys take 5-6 splits of 64, 3 of 128 or 2 of 256) and
+ * merged: each step's logits against the CPU engine's for the same
+ * position. The prompt is prefilled (large tiles), then each token is one
+ * decode step (16-row tiles, the warps' merge, the last block's merge of
+ * the splits). */
 static void test_decode_splits(const char *name, const model *m, enum eng_kv_type kv, double tol,
                                const char *split_keys)
 {
