@@ -580,12 +580,16 @@ int cmd_run(int argc, char **argv)
            "\"docs_finished\":%lld,\"docs_failed\":%lld,\"failed_at_ingest\":%lld,"
            "\"prompt_tokens\":%lld,\"reused_prefix_tokens\":%lld,\"generated_tokens\":%lld,"
            "\"seconds\":%.3f,\"startup_ingest_seconds\":%.3f,\"engine_seconds\":%.3f,"
-           "\"finish_seconds\":%.3f,\"ledger_done\":%lld,"
+           "\"finish_seconds\":%.3f,\"prefill_steps\":%lld,\"prefill_step_seconds\":%.3f,"
+           "\"prefill_decode_rows\":%lld,\"decode_steps\":%lld,\"decode_step_seconds\":%.3f,"
+           "\"decode_rows\":%lld,\"ledger_done\":%lld,"
            "\"ledger_failed\":%lld,\"ledger_pending\":%lld}\n",
            rc, (long long)r.seen, (long long)r.added, (long long)r.docs_done,
            (long long)r.docs_failed, (long long)r.failed_ingest, (long long)st.prompt_tokens,
            (long long)st.reused_tokens, (long long)st.generated_tokens, wall, t_sched - t_start,
-           st.step_seconds, r.finish_seconds,
+           st.step_seconds, r.finish_seconds, (long long)st.prefill_steps,
+           st.prefill_step_seconds, (long long)st.prefill_decode_rows, (long long)st.decode_steps,
+           st.decode_step_seconds, (long long)st.decode_rows,
            (long long)counts.done, (long long)counts.failed, (long long)counts.pending);
     fflush(stdout);
 out:

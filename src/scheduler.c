@@ -224,7 +224,10 @@ static int prefill_root(struct sched *s, int chunk, errbuf *err)
         double t0 = sched_now();
         if (eng_step(s->e, &it, 1, NULL, NULL, err))
             return error_prefix(err, "shared prefix");
-        s->st->step_seconds += sched_now() - t0;
+        const double dt = sched_now() - t0;
+        s->st->step_seconds += dt;
+        s->st->prefill_step_seconds += dt;
+        s->st->prefill_steps++;
         s->st->prompt_tokens += n;
         at += n;
     }
@@ -327,11 +330,24 @@ int sched_run(eng *e, const sched_options *o, const sched_source *src, sched_sta
             goto out;
         }
 
+        int n_decode = 0;
+        for (int i = 0; i < n_items; i++)
+            n_decode += s.item_slot[i]->fed >= s.item_slot[i]->doc.n_tokens;
         double t0 = sched_now();
         if (eng_step(e, s.items, n_items, NULL, s.sampled, err))
             goto out;
-        st->step_seconds += sched_now() - t0;
+        const double dt = sched_now() - t0;
+        st->step_seconds += dt;
         st->steps++;
+        if (n_decode < n_items) {
+            st->prefill_steps++;
+            st->prefill_step_seconds += dt;
+            st->prefill_decode_rows += n_decode;
+        } else {
+            st->decode_steps++;
+            st->decode_step_seconds += dt;
+            st->decode_rows += n_decode;
+        }
 
         int k = 0;
         for (int i = 0; i < n_items; i++) {

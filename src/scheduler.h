@@ -66,6 +66,12 @@ typedef struct sched_stats {
     int active;             /* sequences running now */
     double step_seconds;    /* time inside eng_step */
     double elapsed_seconds; /* since sched_run began */
+    /* step_seconds split by the kind of step: steps that carry prompt tokens
+     * (decode rows of the running documents ride along) and decode-only
+     * steps, with the decode rows of each (decode_rows / decode_steps is
+     * the mean decode batch). */
+    int64_t prefill_steps, prefill_decode_rows, decode_steps, decode_rows;
+    double prefill_step_seconds, decode_step_seconds;
 } sched_stats;
 
 typedef struct sched_source {

@@ -37,5 +37,8 @@ write_job() {
     } >"$f"
 }
 
-# json_field FILE KEY: values of a top-level string/number key, one per line.
+# json_ids FILE: the "id" of each line.
 json_ids() { sed -n 's/^{"id": *"\([^"]*\)".*/\1/p' "$1"; }
+
+# summary_num FILE KEY: a number of the run's summary line.
+summary_num() { sed -n 's/^{"event":"summary".*"'"$2"'":\([-0-9.e+]*\)[,}].*/\1/p' "$1"; }

@@ -70,6 +70,18 @@ grep -q "locked" lock.txt || fail "locked ledger: message does not say so: $(cat
 sed -i 's/You summarize documents./You summarize documents in one line./' job.yaml
 set +e; "$Q" run job.yaml >out4.json 2>/dev/null; set -e
 grep -q '"docs_new":8,"docs_finished":8' out4.json || fail "changed prompt: $(cat out4.json)"
+# The engine time split by kind of step adds up, and every sampled token is
+# either a prompt's first (one per document) or a decode row.
+eng=$(summary_num out4.json engine_seconds) pre=$(summary_num out4.json prefill_step_seconds)
+dec=$(summary_num out4.json decode_step_seconds) gen=$(summary_num out4.json generated_tokens)
+prows=$(summary_num out4.json prefill_decode_rows) drows=$(summary_num out4.json decode_rows)
+dsteps=$(summary_num out4.json decode_steps) psteps=$(summary_num out4.json prefill_steps)
+awk -v e="$eng" -v p="$pre" -v d="$dec" 'BEGIN { x = e - p - d; exit !(x < 0.0025 && x > -0.0025) }' ||
+    fail "engine_seconds $eng != prefill $pre + decode $dec"
+[ "$psteps" -ge 1 ] && [ "$dsteps" -ge 1 ] && [ "$drows" -ge "$dsteps" ] ||
+    fail "step counts: prefill $psteps, decode $dsteps with $drows rows"
+[ "$gen" -eq $((8 + prows + drows)) ] ||
+    fail "generated $gen != 8 documents + $prows + $drows decode rows"
 
 # --- a bad job file names file:line:column and exits 2 ---
 printf 'model: %s\ninputs: [in/docs.jsonl]\nprompt:\n  user: "{{text}}"\n  modee: thinking\n' "$DEMO" >bad.yaml

@@ -11,8 +11,10 @@
 # DIR lacks them, the same each time (seeded), so a DIR that holds only
 # job.ledger.sqlite and job.jsonl from another machine resumes too.
 # Prints the run's summary line; documents per hour = docs_finished /
-# seconds * 3600; engine_seconds / seconds is the GPU-busy share; the rest
-# is startup + ingest (startup_ingest_seconds), results + ledger
+# seconds * 3600; engine_seconds / seconds is the GPU-busy share, split
+# into steps carrying prompt tokens (prefill_step_seconds) and decode-only
+# steps (decode_step_seconds, mean batch decode_rows / decode_steps); the
+# rest is startup + ingest (startup_ingest_seconds), results + ledger
 # (finish_seconds) and scheduling gaps. Then the job's status: documents
 # done and pending, and over several calls the `all runs` line (documents
 # per hour and tokens/s over every run of the job).
