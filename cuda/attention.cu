@@ -5,12 +5,13 @@
  * A block takes a tile of "rows": row r of a sequence's step is token r / G
  * and query head kv_head * G + r % G, so the G query heads that share one KV
  * head (GQA) are processed together and each K/V tile loaded into shared
- * memory serves all of them. Prefill tiles are 64 rows (4 warps); decode
- * tiles are 16 rows (the 4 warps split each key tile) and split the keys over several blocks
- * (flash-decoding) whose partial results the last of them to finish merges, so a
- * handful of long sequences still fills the GPU. int8 pages are dequantized
- * while staging a tile. The host (cuda_engine.c) builds the work lists once
- * per step; every layer reuses them.
+ * memory serves all of them. Prefill tiles are 64 or 128 rows (4 warps);
+ * decode tiles are 16 rows (the 4 warps split each key tile) and split the
+ * keys over several blocks (flash-decoding), the last of which to finish
+ * merges their partial results, so a handful of long sequences still fills
+ * the GPU. int8 pages are dequantized while staging a tile. The host
+ * (cuda_engine.c) builds the work lists once per step; every layer reuses
+ * them.
  */
 #include "common.cuh"
 
@@ -549,11 +550,8 @@ static attn_shape attn_f16_shape(int D)
     attn_shape *m = &memo[D == 128];
     if (m->qt)
         return *m;
-    int dev = 0, per_sm = 0, reserved = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
-        per_sm = 0;
-    cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev);
+    const int per_sm = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
+    const int reserved = q3_dev_attr(cudaDevAttrReservedSharedMemoryPerBlock, 0);
     auto blocks = [&](int st, int qt) {
         const int b = (int)((size_t)per_sm / (attn_smem_bytes(D, false, st, qt) + (size_t)reserved));
         return b < 3 ? b : 3;

@@ -36,18 +36,23 @@ static __device__ __forceinline__ void pdl_wait(void)
 #endif
 }
 
+/* An attribute of the current device, or fallback where it cannot be read. */
+static int q3_dev_attr(enum cudaDeviceAttr a, int fallback)
+{
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, a, dev) != cudaSuccess)
+        return fallback;
+    return v;
+}
+
 /* Whether q3_launch uses programmatic dependent launch: sm_90 and later,
  * unless QWEN3_BATCH_NO_PDL=1 (for measurements). */
 static int q3_pdl_on(void)
 {
     static int on = -1;
     if (on < 0) {
-        int dev = 0, major = 0;
         const char *e = getenv("QWEN3_BATCH_NO_PDL");
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            major = 0;
-        on = major >= 9 && !(e && *e == '1');
+        on = q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) >= 9 && !(e && *e == '1');
     }
     return on;
 }

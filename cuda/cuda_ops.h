@@ -151,16 +151,16 @@ cudaError_t cu_qk_norm_rope_store(const void *qkv, int T, int n_heads, int n_kv,
 
 /* ---- attention.cu: causal attention over the paged cache ---- */
 
-/* Row tiles: 16 rows per block for w_small, cu_attn_prefill_rows() for
- * w_large. Key ranges start at multiples of 64 and pages hold 16 positions
- * (kv.page_size; anything else is cudaErrorInvalidValue). part_o holds
- * [part][16][D] fp32, part_lse [part][16]; comb_counters one int per entry
- * of comb, zero before the first call (each call leaves them zero). */
 /* Rows per w_large block on this GPU for this cache: 64, or 128 where the
  * kernel gives each warp two query tiles (fp16 pages, enough shared memory
  * for two such blocks per SM). Fixed for the process. */
 int cu_attn_prefill_rows(int head_dim, int int8);
 
+/* Row tiles: 16 rows per block for w_small, cu_attn_prefill_rows() for
+ * w_large. Key ranges start at multiples of 64 and pages hold 16 positions
+ * (kv.page_size; anything else is cudaErrorInvalidValue). part_o holds
+ * [part][16][D] fp32, part_lse [part][16]; comb_counters one int per entry
+ * of comb, zero before the first call (each call leaves them zero). */
 cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
                          const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
                          int n_large, const cu_attn_combine *comb, const int32_t *pages,

@@ -587,15 +587,6 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
 typedef void (*w4_kernel_fn)(const __half *, int, int, const uint4 *, const __half2 *, int, int,
                              int, int, __half *, int, float *, size_t);
 
-/* An attribute of the current device, or fallback where it cannot be read. */
-static int w4_dev_attr(enum cudaDeviceAttr a, int fallback)
-{
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, a, dev) != cudaSuccess)
-        return fallback;
-    return v;
-}
-
 /* Lets each of the n kernels take up to bytes of dynamic shared memory. */
 static void w4_set_max_smem(const w4_kernel_fn *k, int n, size_t bytes)
 {
@@ -682,7 +673,7 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
 {
     static int optin = -1;
     if (optin < 0) {
-        optin = w4_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
+        optin = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
         int most = (int)((size_t)(W4S_MAX_ROWS + 1) * (W4S_MAX_SLICE_KT * 64 + 8) * 2);
         const w4_kernel_fn ks[] = {w4a16_small_kernel<1, 4>, w4a16_small_kernel<2, 4>,
                                    w4a16_small_kernel<1, 8>, w4a16_small_kernel<2, 8>};
@@ -897,7 +888,7 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
 {
     static int per_sm = -1;
     if (per_sm < 0) {
-        per_sm = w4_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
+        per_sm = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
         const w4_kernel_fn k4[] = {w4a16_rows_kernel<4, 4>, w4a16_rows_kernel<4, 8>};
         const w4_kernel_fn k8[] = {w4a16_rows_kernel<8, 4>, w4a16_rows_kernel<8, 8>};
         w4_set_max_smem(k4, 2, w4r_smem_bytes<4>());
@@ -970,7 +961,7 @@ static const w4_cfg *w4_config(void)
     static int done = 0;
     if (done)
         return &cfg;
-    cfg.big = w4_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) >= 220 * 1024;
+    cfg.big = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) >= 220 * 1024;
     cfg.rows = cfg.big ? 64 : 32;
     /* Measured on the H100 (qwen3-14b decode, batch 1): 4 warps x 2 stages
      * (4 blocks, 16 warps per SM) 159 tok/s; 8x2 152; 4x4 130; 8x4 126:

@@ -313,6 +313,7 @@ int sched_run(eng *e, const sched_options *o, const sched_source *src, sched_sta
                                           .n_tokens = sl->n_feed, .sample = 1};
             s.item_slot[n_items++] = sl;
         }
+        const int n_decode = n_items; /* decode items come first */
         for (int i = 0; i < s.n_slots && budget > 0; i++) {
             struct slot *sl = &s.slots[i];
             if (!sl->used || sl->fed >= sl->doc.n_tokens)
@@ -330,9 +331,6 @@ int sched_run(eng *e, const sched_options *o, const sched_source *src, sched_sta
             goto out;
         }
 
-        int n_decode = 0;
-        for (int i = 0; i < n_items; i++)
-            n_decode += s.item_slot[i]->fed >= s.item_slot[i]->doc.n_tokens;
         double t0 = sched_now();
         if (eng_step(e, s.items, n_items, NULL, s.sampled, err))
             goto out;
