@@ -194,6 +194,12 @@ static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, 
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 }
 
+/* The same to a shared-memory address already converted (cvta). */
+static __device__ __forceinline__ void cp_async16_at(uint32_t smem, const void *gmem, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
+}
+
 static __device__ __forceinline__ void cp_async8(void *smem, const void *gmem, int src_bytes)
 {
     uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);

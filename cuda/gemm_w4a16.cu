@@ -395,6 +395,13 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
  */
 #define W4S_MAX_ROWS 16
 #define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
+/* Resident warps per SM of the 9-16 row variant (NB = 2). At 24 (85
+ * registers) a launch sized for the 1-8 row variant's 32 warps per SM ran
+ * a second, partial wave: at 16 rows down took 41.1 us against 26.9 at 8
+ * (H100, w4a16_bench, 2026-12-06). Overridable for measurements. */
+#ifndef W4S_NB2_WARPS_PER_SM
+#define W4S_NB2_WARPS_PER_SM 32
+#endif
 #define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
 
 /* tiles_shift: log2(group / 64); the group of tile kt is kt >> tiles_shift
@@ -471,10 +478,12 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 }
 
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
- * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
- * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. */
+ * per A fragment, so the dequantization is shared by all rows. Both keep
+ * 32 warps per SM (64 registers; NB = 2 spills a few bytes of its setup),
+ * so that the grid, sized by w4s_splits for that occupancy, is one wave
+ * for either. */
 template <int NB, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
+__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 32 : W4S_NB2_WARPS_PER_SM) / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                        const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
                        __half *__restrict__ y, int ldy, float *__restrict__ part,
@@ -515,13 +524,17 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
 
     pdl_wait(); /* x comes from the kernel before */
     /* Rows >= M read row M, all zeros, so that every lane's address moves
-     * the same way (the compiler folds the steps into the instruction). */
+     * the same way (the compiler folds the steps into the instruction).
+     * Asynchronous copies: all of a thread's copies are in flight at once
+     * (at 16 rows that is ~11 per thread, which plain loads and stores
+     * took one round trip each). */
     for (int idx = tid; idx < (M + 1) * (n_kt * 8); idx += WARPS * 32) {
         const int r = idx / (n_kt * 8), c = idx % (n_kt * 8);
-        *reinterpret_cast<uint4 *>(sx + r * lds + c * 8) =
-            r < M ? *reinterpret_cast<const uint4 *>(x + (int64_t)r * ldx + kt0 * 64 + c * 8)
-                  : make_uint4(0, 0, 0, 0);
+        cp_async16(sx + r * lds + c * 8, x + (int64_t)min(r, M - 1) * ldx + kt0 * 64 + c * 8,
+                   r < M ? 16 : 0);
     }
+    cp_async_commit();
+    cp_async_wait_pending<0>();
     __syncthreads();
     if (!live)
         return; /* no barrier below; the reduction counts warps, not blocks */
@@ -717,9 +730,19 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
 template <int NB>
 static __host__ __device__ constexpr size_t w4r_smem_bytes()
 {
-    return (size_t)2 * (NB * 8 + 1) * (W4R_CK * 64 + 8) * 2;
+    return (size_t)2 * (NB * 8) * (W4R_CK * 64 + 8) * 2;
 }
 
+/*
+ * Addresses are set up once and then moved by constants, because with 64
+ * rows the loop body is short: Nsight Compute showed 290 instructions per
+ * 64 x 16 tile for 32 mma (2026-12-06), most of them shared-memory
+ * addresses of x rows recomputed per tile (each clamped to row M) and the
+ * index arithmetic of the staging loop. Here rows M.. of both stages are
+ * zero and never written, so row r of x is always at a fixed offset from
+ * one base, and each thread copies the same 16 bytes of every chunk (lane
+ * = 16-byte column of the chunk, rows warp + i * WARPS).
+ */
 template <int NB, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     w4a16_rows_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
@@ -728,9 +751,12 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
                       size_t part_counters_off)
 {
     pdl_trigger();
-    constexpr int ROWS = NB * 8 + 1, LDS = W4R_CK * 64 + 8, STAGE = ROWS * LDS, U = W4R_CK;
+    constexpr int ROWS = NB * 8, LDS = W4R_CK * 64 + 8, STAGE = ROWS * LDS, U = W4R_CK;
+    static_assert(U * 8 == 32, "one 16-byte column of a chunk per lane");
+    static_assert(ROWS % WARPS == 0, "rows per warp");
     extern __shared__ __align__(16) unsigned char w4r_smem[];
     __half *sx = reinterpret_cast<__half *>(w4r_smem);
+    const uint32_t sx_u32 = (uint32_t)__cvta_generic_to_shared(sx);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tq = lane & 3;
     const int kt_count = K / 64, nt_count = N / 16;
@@ -741,6 +767,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     const int n_chunks = (n_kt + U - 1) / U;
 
     const int col0 = (live ? nt : 0) * 16 + g;
+    /* the ring: src is the next chunk's first tile, szp the scale row */
     const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
     const __half2 *szc = sz + col0;
     uint4 buf[U];
@@ -748,11 +775,12 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
 #pragma unroll
     for (int u = 0; u < U; u++)
         if (live && u < n_kt) {
-            const __half2 *p = szc + ((kt0 + u) >> tiles_shift) * N;
+            const __half2 *p = szc + (size_t)((kt0 + u) >> tiles_shift) * N;
             buf[u] = ld_stream(src + u * 32);
             sv0[u] = __ldg(p);
             sv1[u] = __ldg(p + 8);
         }
+    src += U * 32;
 
     pdl_wait(); /* x comes from the kernel before */
     /* Rows M.. of both stages stay zero (copies write rows < M only). */
@@ -761,24 +789,24 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
         *reinterpret_cast<uint4 *>(sx + st * STAGE + (M + rem / (LDS / 8)) * LDS +
                                    (rem % (LDS / 8)) * 8) = make_uint4(0, 0, 0, 0);
     }
+    const __half *xg = x + (int64_t)warp * ldx + (int64_t)kt0 * 64 + lane * 8;
+    const int64_t xstep = (int64_t)WARPS * ldx;
+    const uint32_t sdst = sx_u32 + (uint32_t)(warp * LDS + lane * 8) * 2;
     auto stage_x = [&](int c, int st) {
-        for (int idx = tid; idx < M * (U * 8); idx += WARPS * 32) {
-            const int r = idx / (U * 8), cc = idx % (U * 8);
-            const int kt = c * U + cc / 8; /* within the slice */
-            const bool ok = kt < n_kt;
-            cp_async16(sx + st * STAGE + r * LDS + cc * 8,
-                       ok ? x + (int64_t)r * ldx + (int64_t)(kt0 + c * U) * 64 + cc * 8 : x,
-                       ok ? 16 : 0);
-        }
+        const bool ok = c * U + (lane >> 3) < n_kt; /* past the slice: zeros */
+        const __half *p = ok ? xg + c * (U * 64) : x;
+#pragma unroll
+        for (int i = 0; i < ROWS / WARPS; i++)
+            if (warp + i * WARPS < M)
+                cp_async16_at(sdst + (uint32_t)((st * STAGE + i * WARPS * LDS) * 2),
+                              ok ? p + i * xstep : x, ok ? 16 : 0);
         cp_async_commit();
     };
     stage_x(0, 0);
 
-    uint32_t xa[NB];
-#pragma unroll
-    for (int nb = 0; nb < NB; nb++)
-        xa[nb] = (uint32_t)__cvta_generic_to_shared(sx + min(nb * 8 + (lane & 7), M) * LDS +
-                                                    (lane >> 3) * 8);
+    /* ldmatrix.x4: lanes 8i..8i+7 address row (lane & 7) of matrix i; row
+     * group nb is 8 * nb * LDS halves further. */
+    const uint32_t xa = sx_u32 + (uint32_t)((lane & 7) * LDS + (lane >> 3) * 8) * 2;
     const __half2 h960 = __float2half2_rn(960.0f), h16th = __float2half2_rn(0.0625f);
     float acc[NB][4] = {};
 
@@ -792,7 +820,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
             cp_async_wait_pending<0>();
         }
         __syncthreads();
-        const uint32_t xs = (uint32_t)((c & 1) * STAGE * 2);
+        const uint32_t xc = xa + (uint32_t)((c & 1) * STAGE * 2);
         if (live) {
 #pragma unroll
             for (int t = 0; t < U; t++) {
@@ -804,8 +832,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
                 const __half2 zs0 = __hsub2(h960, z0), zs1 = __hsub2(h960, z1);
                 const __half2 s0 = __low2half2(sv0[t]), s1 = __low2half2(sv1[t]);
                 if (kt + U < n_kt) {
-                    const __half2 *p = szc + ((kt0 + kt + U) >> tiles_shift) * N;
-                    buf[t] = ld_stream(src + (kt + U) * 32);
+                    const __half2 *p = szc + (size_t)((kt0 + kt + U) >> tiles_shift) * N;
+                    buf[t] = ld_stream(src + t * 32);
                     sv0[t] = __ldg(p);
                     sv1[t] = __ldg(p + 8);
                 }
@@ -826,12 +854,13 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
 #pragma unroll
                     for (int nb = 0; nb < NB; nb++) {
                         uint32_t b[4];
-                        ldmatrix_x4_at(b, xa[nb] + xs + (t * 64 + kp * 32) * 2);
+                        ldmatrix_x4_at(b, xc + (uint32_t)((nb * 8 * LDS + t * 64 + kp * 32) * 2));
                         mma_16816(acc[nb], a[0], b[0], b[1]);
                         mma_16816(acc[nb], a[1], b[2], b[3]);
                     }
                 }
             }
+            src += U * 32;
         }
         __syncthreads();
     }

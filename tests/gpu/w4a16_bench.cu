@@ -5,7 +5,8 @@
  * order (the floor the products are held against). Not part of the build:
  * `tests/gpu/run.sh w4bench` compiles it with nvcc on the GPU machine and
  * runs it; QWEN3_BATCH_W4S_WARPS / QWEN3_BATCH_W4R_WARPS=4 time the
- * narrower blocks, QWEN3_BATCH_W4_SMALL=0 the mma kernel alone.
+ * narrower blocks, QWEN3_BATCH_W4_SMALL=0 the mma kernel alone, W4B_QUICK=1
+ * the products without the read floors.
  */
 #include "../../cuda/gemm_w4a16.cu"
 #include <stdio.h>
@@ -70,6 +71,9 @@ int main(void)
     const char *names[4] = {"gate_up", "down", "qkv", "o"};
     cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
     int reps = 50;
+    /* W4B_QUICK=1: the products only, not the read floors */
+    const char *qe = getenv("W4B_QUICK");
+    const int quick = qe && *qe == '1';
     for (int si = 0; si < 4; si++) {
         int K = shapes[si][0], N = shapes[si][1];
         // 40 copies so that nothing stays in L2 (50 MB)
@@ -91,7 +95,7 @@ int main(void)
         }
 
         int kt = K / 64, nt = N / 16;
-        for (int sp = 1; sp <= 16; sp *= 2) {
+        for (int sp = 1; !quick && sp <= 16; sp *= 2) {
             int kps = (kt + sp - 1) / sp; int warps = nt * sp;
             char l[64]; snprintf(l, sizeof l, "read tile-stream sp=%d", sp);
             T(l, cu_w4_qw_bytes(K, N), (rd_tile<<<(warps + 3) / 4, 128>>>((const uint4 *)qw[c], kt, kps, nt, o), c = (c + 1) % NC));
@@ -99,8 +103,8 @@ int main(void)
             T(l, cu_w4_qw_bytes(K, N), (rd_ktmajor<<<(warps + 3) / 4, 128>>>((const uint4 *)qw[c], kt, kps, nt, o), c = (c + 1) % NC));
         }
         size_t n4 = cu_w4_qw_bytes(K, N) / 16;
-        T("read flat 4/SM x 1024", cu_w4_qw_bytes(K, N), (rd_flat<<<n_sm * 2, 1024>>>((const uint4 *)qw[c], n4, o), c = (c + 1) % NC));
-        T("read flat 16/SM x 128", cu_w4_qw_bytes(K, N), (rd_flat<<<n_sm * 16, 128>>>((const uint4 *)qw[c], n4, o), c = (c + 1) % NC));
+        if (!quick) T("read flat 4/SM x 1024", cu_w4_qw_bytes(K, N), (rd_flat<<<n_sm * 2, 1024>>>((const uint4 *)qw[c], n4, o), c = (c + 1) % NC));
+        if (!quick) T("read flat 16/SM x 128", cu_w4_qw_bytes(K, N), (rd_flat<<<n_sm * 16, 128>>>((const uint4 *)qw[c], n4, o), c = (c + 1) % NC));
         cudaError_t e = cudaDeviceSynchronize();
         if (e) printf("error %s\n", cudaGetErrorString(e));
         for (int c2 = 0; c2 < NC; c2++) { cudaFree(qw[c2]); cudaFree(sz[c2]); }
