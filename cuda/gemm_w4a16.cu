@@ -395,13 +395,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
  */
 #define W4S_MAX_ROWS 16
 #define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
-/* Resident warps per SM of the 9-16 row variant (NB = 2). At 24 (85
- * registers) a launch sized for the 1-8 row variant's 32 warps per SM ran
- * a second, partial wave: at 16 rows down took 41.1 us against 26.9 at 8
- * (H100, w4a16_bench, 2026-12-06). Overridable for measurements. */
-#ifndef W4S_NB2_WARPS_PER_SM
-#define W4S_NB2_WARPS_PER_SM 32
-#endif
 #define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
 
 /* tiles_shift: log2(group / 64); the group of tile kt is kt >> tiles_shift
@@ -478,12 +471,14 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 }
 
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
- * per A fragment, so the dequantization is shared by all rows. Both keep
- * 32 warps per SM (64 registers; NB = 2 spills a few bytes of its setup),
- * so that the grid, sized by w4s_splits for that occupancy, is one wave
- * for either. */
+ * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
+ * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. NB = 2
+ * keeps 24 warps (85 registers), although the grid is sized for 32 warps
+ * per SM: at 32 (64 registers, 88 bytes spilled) gate_up at 16 rows took
+ * 72.9 us instead of 59.1 (both with x staged by cp.async; w4a16_bench,
+ * H100, 2026-12-06). */
 template <int NB, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 32 : W4S_NB2_WARPS_PER_SM) / WARPS)
+__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                        const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
                        __half *__restrict__ y, int ldy, float *__restrict__ part,
@@ -525,16 +520,15 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 32 : W4S_NB2_WARPS_PER_
     pdl_wait(); /* x comes from the kernel before */
     /* Rows >= M read row M, all zeros, so that every lane's address moves
      * the same way (the compiler folds the steps into the instruction).
-     * Asynchronous copies: all of a thread's copies are in flight at once
-     * (at 16 rows that is ~11 per thread, which plain loads and stores
-     * took one round trip each). */
+     * Plain loads and stores: staging with cp.async instead measured slower
+     * at 16 rows (gate_up 55.0 -> 59.1 us, down 40.4 -> 43.2; H100,
+     * w4a16_bench, 2026-12-06). */
     for (int idx = tid; idx < (M + 1) * (n_kt * 8); idx += WARPS * 32) {
         const int r = idx / (n_kt * 8), c = idx % (n_kt * 8);
-        cp_async16(sx + r * lds + c * 8, x + (int64_t)min(r, M - 1) * ldx + kt0 * 64 + c * 8,
-                   r < M ? 16 : 0);
+        *reinterpret_cast<uint4 *>(sx + r * lds + c * 8) =
+            r < M ? *reinterpret_cast<const uint4 *>(x + (int64_t)r * ldx + kt0 * 64 + c * 8)
+                  : make_uint4(0, 0, 0, 0);
     }
-    cp_async_commit();
-    cp_async_wait_pending<0>();
     __syncthreads();
     if (!live)
         return; /* no barrier below; the reduction counts warps, not blocks */
@@ -734,14 +728,17 @@ static __host__ __device__ constexpr size_t w4r_smem_bytes()
 }
 
 /*
- * Addresses are set up once and then moved by constants, because with 64
- * rows the loop body is short: Nsight Compute showed 290 instructions per
- * 64 x 16 tile for 32 mma (2026-12-06), most of them shared-memory
- * addresses of x rows recomputed per tile (each clamped to row M) and the
- * index arithmetic of the staging loop. Here rows M.. of both stages are
- * zero and never written, so row r of x is always at a fixed offset from
- * one base, and each thread copies the same 16 bytes of every chunk (lane
- * = 16-byte column of the chunk, rows warp + i * WARPS).
+ * Addresses are set up once and then moved by constants: rows M.. of both
+ * stages are zero and never written, so row r of x is always at a fixed
+ * offset from one base (no clamp to row M), and each thread copies the same
+ * 16 bytes of every chunk (lane = 16-byte column of the chunk, rows warp +
+ * i * WARPS). Nsight Compute had shown 290 instructions per 64 x 16 tile
+ * for 32 mma, many of them those addresses recomputed per tile; without
+ * them, per layer at 64 rows 312.8 -> 308.9 us and at 32 rows 201.5 ->
+ * 200.2 (w4a16_bench, H100, 2026-12-06). So issue is not what bounds this
+ * kernel: its warps wait on fixed-latency dependencies (1.66 cycles per
+ * issued instruction) and memory (1.62) with 4 warps per scheduler, and the
+ * tensor pipe is 24% busy.
  */
 template <int NB, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
@@ -767,7 +764,6 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     const int n_chunks = (n_kt + U - 1) / U;
 
     const int col0 = (live ? nt : 0) * 16 + g;
-    /* the ring: src is the next chunk's first tile, szp the scale row */
     const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
     const __half2 *szc = sz + col0;
     uint4 buf[U];
@@ -780,7 +776,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
             sv0[u] = __ldg(p);
             sv1[u] = __ldg(p + 8);
         }
-    src += U * 32;
+    src += U * 32; /* from here on: the next chunk's first tile */
 
     pdl_wait(); /* x comes from the kernel before */
     /* Rows M.. of both stages stay zero (copies write rows < M only). */
