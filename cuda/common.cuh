@@ -188,16 +188,15 @@ static __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
 
 /* Asynchronous 16-byte copy global -> shared (sm_80+); bytes beyond
  * src_bytes (0 or 16) are zero-filled, so masked rows cost no branch. */
-static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
-{
-    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
-}
-
-/* The same to a shared-memory address already converted (cvta). */
 static __device__ __forceinline__ void cp_async16_at(uint32_t smem, const void *gmem, int src_bytes)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
+}
+
+/* The same to a generic pointer into shared memory. */
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
+{
+    cp_async16_at((uint32_t)__cvta_generic_to_shared(smem), gmem, src_bytes);
 }
 
 static __device__ __forceinline__ void cp_async8(void *smem, const void *gmem, int src_bytes)

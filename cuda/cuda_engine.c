@@ -408,12 +408,18 @@ static size_t act_bytes(const model_config *c, int T)
     return (size_t)T * (H * 4 + H * 2 + mid * 2 + qa * 2 + Q * 2 + H * 2) + 6 * 256;
 }
 
+/* The decode merge's arrival counters: one per (sequence, KV head). */
+static size_t att_counter_bytes(const cuda_engine *e)
+{
+    return (size_t)e->max_seqs * e->c.n_kv_heads * sizeof(int);
+}
+
 static size_t work_bytes(const cuda_engine *e)
 {
     const model_config *c = &e->c;
     size_t V = c->vocab_size, H = c->hidden_size, D = c->head_dim;
     return LOGIT_ROWS * (V * 4 + H * 2) + e->gemm_part_floats * 4 +
-           (size_t)e->att_parts_max * 16 * (D + 1) * 4 + (size_t)e->max_seqs * c->n_kv_heads * 4 +
+           (size_t)e->att_parts_max * 16 * (D + 1) * 4 + att_counter_bytes(e) +
            e->dq_ws_bytes + BLAS_WS_BYTES + 8 * 256;
 }
 
@@ -465,7 +471,7 @@ static int alloc_activations(cuda_engine *e, errbuf *err)
         dev_alloc(e, (void **)&e->gemm_part, e->gemm_part_floats * 4, "workspace", err) ||
         dev_alloc(e, (void **)&e->att_part_o, (size_t)e->att_parts_max * 16 * D * 4, "workspace", err) ||
         dev_alloc(e, (void **)&e->att_part_lse, (size_t)e->att_parts_max * 16 * 4, "workspace", err) ||
-        dev_alloc(e, (void **)&e->att_comb_counters, (size_t)e->max_seqs * c->n_kv_heads * 4, "workspace", err) ||
+        dev_alloc(e, (void **)&e->att_comb_counters, att_counter_bytes(e), "workspace", err) ||
         dev_alloc(e, &e->blas_ws, BLAS_WS_BYTES, "workspace", err) ||
         dev_alloc(e, (void **)&e->samp_d, (size_t)e->max_seqs * 4, "workspace", err))
         return -1;
@@ -481,7 +487,7 @@ static int alloc_activations(cuda_engine *e, errbuf *err)
     CU_CHECK(cu_w4a16_init_scratch(e->gemm_part, e->gemm_part_floats, e->stream));
     /* lm_head always multiplies LOGIT_ROWS rows (batch invariance): keep unused rows finite. */
     CU_CHECK(cudaMemsetAsync(e->hl, 0, LOGIT_ROWS * H * 2, e->stream));
-    CU_CHECK(cudaMemsetAsync(e->att_comb_counters, 0, (size_t)e->max_seqs * c->n_kv_heads * 4,
+    CU_CHECK(cudaMemsetAsync(e->att_comb_counters, 0, att_counter_bytes(e),
                              e->stream));
     BLAS_CHECK(cublasSetWorkspace(e->blas, e->blas_ws, BLAS_WS_BYTES));
     return 0;
@@ -609,7 +615,8 @@ static int engine_begin(cuda_engine **out, const model_config *cfg, const eng_op
     e->att_rows = cu_attn_prefill_rows(cfg->head_dim, e->kv.int8);
     /* QWEN3_BATCH_ATT_SPLIT_KEYS: least keys per decode split (measurements) */
     const char *sk = getenv("QWEN3_BATCH_ATT_SPLIT_KEYS");
-    e->att_min_split = sk && atoi(sk) >= 64 && atoi(sk) <= 8192 ? atoi(sk) / 64 * 64 : ATT_MIN_SPLIT_KEYS;
+    const int skv = sk ? atoi(sk) : 0;
+    e->att_min_split = skv >= 64 && skv <= 8192 ? skv / 64 * 64 : ATT_MIN_SPLIT_KEYS;
     const char *dq = getenv("QWEN3_BATCH_DEQUANT_MIN_M");
     e->dequant_min_m = dq && atoi(dq) > 0 ? atoi(dq) : 512;
     const char *ng = getenv("QWEN3_BATCH_NO_GRAPHS");

@@ -601,18 +601,6 @@ static void w4_set_max_smem(const w4_kernel_fn *k, int n, size_t bytes)
         cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
-/* Launches an int4 kernel, on sm_90 with programmatic dependent launch
- * (q3_launch): its blocks start as the kernel before them drains and fetch
- * their first weight tiles meanwhile. */
-static cudaError_t w4_launch(w4_kernel_fn k, dim3 grid, int threads, size_t smem, cudaStream_t s,
-                             const __half *x, int M, int ldx, const uint4 *qw, const __half2 *sz,
-                             int K, int N, int sh, int kps, __half *y, int ldy, float *part,
-                             size_t counters_off)
-{
-    return q3_launch(k, grid, dim3(threads), smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy,
-                     part, counters_off);
-}
-
 /* Resident blocks of the small kernel per SM (registers and threads; the
  * x slice of one row is small). */
 /* Column tiles (warps) per block: 8, or 4 with QWEN3_BATCH_W4S_WARPS=4 (for
@@ -703,7 +691,9 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
     float *p = sp > 1 ? part : NULL;
     w4_kernel_fn k = wp == 8 ? (M <= 8 ? w4a16_small_kernel<1, 8> : w4a16_small_kernel<2, 8>)
                              : (M <= 8 ? w4a16_small_kernel<1, 4> : w4a16_small_kernel<2, 4>);
-    return w4_launch(k, grid, wp * 32, smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p,
+    /* q3_launch: on sm_90 the blocks start as the kernel before drains and
+     * fetch their first weight tiles meanwhile (pdl_wait guards x). */
+    return q3_launch(k, grid, dim3(wp * 32), smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p,
                      part_floats - W4_COUNTERS);
 }
 
@@ -934,7 +924,7 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
     float *p = sp > 1 ? part : NULL;
     w4_kernel_fn k = wp == 8 ? (M <= 32 ? w4a16_rows_kernel<4, 8> : w4a16_rows_kernel<8, 8>)
                              : (M <= 32 ? w4a16_rows_kernel<4, 4> : w4a16_rows_kernel<8, 4>);
-    return w4_launch(k, grid, wp * 32, smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p,
+    return q3_launch(k, grid, dim3(wp * 32), smem, s, x, M, ldx, qw, sz, K, N, sh, kps, y, ldy, p,
                      part_floats - W4_COUNTERS);
 }
 

@@ -211,6 +211,23 @@ static int on_sampled(struct sched *s, struct slot *sl, int32_t t, errbuf *err)
     return 0;
 }
 
+/* Adds one engine step of dt seconds to the stats: a step that carries
+ * prompt tokens (with n_decode decode rows riding along) or a decode-only
+ * step. */
+static void count_step(sched_stats *st, double dt, int n_decode, int has_prompt)
+{
+    st->step_seconds += dt;
+    if (has_prompt) {
+        st->prefill_steps++;
+        st->prefill_step_seconds += dt;
+        st->prefill_decode_rows += n_decode;
+    } else {
+        st->decode_steps++;
+        st->decode_step_seconds += dt;
+        st->decode_rows += n_decode;
+    }
+}
+
 static int prefill_root(struct sched *s, int chunk, errbuf *err)
 {
     const sched_options *o = s->o;
@@ -224,10 +241,7 @@ static int prefill_root(struct sched *s, int chunk, errbuf *err)
         double t0 = sched_now();
         if (eng_step(s->e, &it, 1, NULL, NULL, err))
             return error_prefix(err, "shared prefix");
-        const double dt = sched_now() - t0;
-        s->st->step_seconds += dt;
-        s->st->prefill_step_seconds += dt;
-        s->st->prefill_steps++;
+        count_step(s->st, sched_now() - t0, 0, 1);
         s->st->prompt_tokens += n;
         at += n;
     }
@@ -334,18 +348,8 @@ int sched_run(eng *e, const sched_options *o, const sched_source *src, sched_sta
         double t0 = sched_now();
         if (eng_step(e, s.items, n_items, NULL, s.sampled, err))
             goto out;
-        const double dt = sched_now() - t0;
-        st->step_seconds += dt;
+        count_step(st, sched_now() - t0, n_decode, n_decode < n_items);
         st->steps++;
-        if (n_decode < n_items) {
-            st->prefill_steps++;
-            st->prefill_step_seconds += dt;
-            st->prefill_decode_rows += n_decode;
-        } else {
-            st->decode_steps++;
-            st->decode_step_seconds += dt;
-            st->decode_rows += n_decode;
-        }
 
         int k = 0;
         for (int i = 0; i < n_items; i++) {

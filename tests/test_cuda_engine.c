@@ -479,22 +479,32 @@ static void ref_forward(const model *m, const int32_t *toks, int n, float *logit
 
 /* ---- engine against the CPU engine ---- */
 
+/* The CUDA engine and the CPU engine on model m, with the same sequence
+ * and KV limits; -1 (a failed check) when the CUDA one does not open. */
+static int open_pair(const char *name, const model *m, enum eng_kv_type kv, int max_seqs,
+                     int max_kv, int max_step, eng **g, eng **cpu)
+{
+    errbuf err;
+    eng_options go = {.backend = ENG_BACKEND_CUDA, .kv_type = kv, .max_seqs = max_seqs,
+                      .max_kv_tokens = max_kv, .max_step_tokens = max_step,
+                      .gpu_memory_budget = (size_t)1 << 30};
+    eng_options co = {.backend = ENG_BACKEND_CPU, .n_threads = 2, .max_seqs = max_seqs,
+                      .max_kv_tokens = max_kv};
+    if (cuda_engine_open(g, m, &go, &err)) {
+        CHECK_MSG(0, "%s: cuda_engine_open: %s", name, err.msg);
+        return -1;
+    }
+    CHECK(cpu_engine_open(cpu, m, &co, &err) == 0);
+    return 0;
+}
+
 static void test_vs_cpu(const char *name, const model *m, enum eng_kv_type kv, double tol)
 {
     const model_config *c = &m->cfg;
     int V = c->vocab_size, n = 45;
-    errbuf err;
-    eng_options go = {.backend = ENG_BACKEND_CUDA, .kv_type = kv, .max_seqs = 8,
-                      .max_kv_tokens = 2048, .max_step_tokens = 256,
-                      .gpu_memory_budget = (size_t)1 << 30};
-    eng_options co = {.backend = ENG_BACKEND_CPU, .n_threads = 2, .max_seqs = 8,
-                      .max_kv_tokens = 2048};
     eng *g = NULL, *cpu = NULL;
-    if (cuda_engine_open(&g, m, &go, &err)) {
-        CHECK_MSG(0, "%s: cuda_engine_open: %s", name, err.msg);
+    if (open_pair(name, m, kv, 8, 2048, 256, &g, &cpu))
         return;
-    }
-    CHECK(cpu_engine_open(&cpu, m, &co, &err) == 0);
     int32_t prompt[64];
     for (int i = 0; i < 64; i++)
         prompt[i] = (int32_t)(next_u64() % (uint64_t)V);
@@ -568,21 +578,13 @@ static void test_decode_splits(const char *name, const model *m, enum eng_kv_typ
     enum { N = 340, P = 296 };
     const int V = m->cfg.vocab_size;
     errbuf err;
-    eng_options go = {.backend = ENG_BACKEND_CUDA, .kv_type = kv, .max_seqs = 4,
-                      .max_kv_tokens = 1024, .max_step_tokens = 512,
-                      .gpu_memory_budget = (size_t)1 << 30};
-    eng_options co = {.backend = ENG_BACKEND_CPU, .n_threads = 2, .max_seqs = 4,
-                      .max_kv_tokens = 1024};
     eng *g = NULL, *cpu = NULL;
     if (split_keys)
-        setenv("QWEN3_BATCH_ATT_SPLIT_KEYS", split_keys, 1);
-    int rc = cuda_engine_open(&g, m, &go, &err);
+        setenv("QWEN3_BATCH_ATT_SPLIT_KEYS", split_keys, 1); /* read when the engine opens */
+    int rc = open_pair(name, m, kv, 4, 1024, 512, &g, &cpu);
     unsetenv("QWEN3_BATCH_ATT_SPLIT_KEYS");
-    if (rc) {
-        CHECK_MSG(0, "%s: cuda_engine_open: %s", name, err.msg);
+    if (rc)
         return;
-    }
-    CHECK(cpu_engine_open(&cpu, m, &co, &err) == 0);
     int32_t toks[N];
     for (int i = 0; i < N; i++)
         toks[i] = (int32_t)(next_u64() % (uint64_t)V);
