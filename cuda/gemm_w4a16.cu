@@ -478,10 +478,10 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
  * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
  * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. NB = 2
- * keeps 24 warps (85 registers), although the grid is sized for 32 warps
- * per SM: at 32 (64 registers, 88 bytes spilled) gate_up at 16 rows took
- * 72.9 us instead of 59.1 (both with x staged by cp.async; w4a16_bench,
- * H100, 2026-12-06). */
+ * keeps 24 warps (85 registers) and gets splits for that (w4s_splits): at
+ * 32 warps (64 registers, 88 bytes spilled) gate_up at 16 rows took 72.9
+ * us instead of 59.1 (both with x staged by cp.async; w4a16_bench, H100,
+ * 2026-12-06). */
 template <int NB, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
