@@ -686,7 +686,8 @@ static int w4s_splits_for(int K, int N, int n_sm, int blocks_per_sm, int max_sli
  * 64), so a grid sized for the latter ran a second, partial wave at 16
  * rows: down, qkv and o took ~1.5x their 8-row time (w4a16_bench, H100,
  * 2026-12-06). It gets splits of its own where three blocks of its largest
- * slice (W4S_MAX_SLICE_KT2 tiles) fit an SM's shared memory, and the 1-8
+ * slice (W4S_MAX_SLICE_KT2 tiles) fit an SM's shared memory and the grid
+ * is then one wave, and the 1-8
  * row splits elsewhere (a 3090) or with QWEN3_BATCH_W4S_SHARED_SPLITS=1
  * (for measurements).
  */
@@ -701,8 +702,17 @@ static int w4s_splits(int K, int N, int n_sm, int nb)
             bps1 = 1;
         bps2 = e && *e == '1' ? 0 : w4s_blocks_per_sm(2, w4s_smem_bytes(W4S_MAX_ROWS, W4S_MAX_SLICE_KT2));
     }
-    if (nb == 2 && bps2 >= 3)
-        return w4s_splits_for(K, N, n_sm, bps2, W4S_MAX_SLICE_KT2);
+    if (nb == 2 && bps2 >= 3) {
+        /* Only where that grid is one wave: gate_up's 272 column blocks
+         * need 3 splits of at most 32 tiles, 816 blocks for 396 slots on an
+         * H100/H200, 2.06 waves; there the 1-8 row splits (1,088 blocks,
+         * 2.75 waves) measured faster at 16 rows: 52.8 against 60.4 us
+         * (w4a16_bench, H200, 2026-12-06). */
+        const int sp = w4s_splits_for(K, N, n_sm, bps2, W4S_MAX_SLICE_KT2);
+        const int col_blocks = (N / 16 + w4s_warps() - 1) / w4s_warps();
+        if (sp * col_blocks <= n_sm * bps2)
+            return sp;
+    }
     return w4s_splits_for(K, N, n_sm, bps1, W4S_MAX_SLICE_KT);
 }
 
