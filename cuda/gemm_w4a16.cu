@@ -390,12 +390,17 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
  *
  * (q - z) is exact in fp16 and the product with x exact in the fp32
  * accumulator; the scale is applied once per 64-deep tile in fp32 (needs
- * group % 64 == 0, as AWQ's 128). The split of K depends on K, N and the GPU
- * only, never on M, so a row gets the same sums in any batch of up to 8.
+ * group % 64 == 0, as AWQ's 128). The split of K depends on K, N, the GPU
+ * and whether M is 1-8 or 9-16 (w4s_splits), so a row gets the same sums in
+ * any batch of 1-8 rows and in any of 9-16.
  */
 #define W4S_MAX_ROWS 16
 #define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
 #define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
+#define W4S_MAX_SLICE_KT2 32    /* the same for 9-16 rows where three blocks fit (w4s_splits) */
+
+/* Shared memory of the small kernel: rows 0..M (row M zero) of the slice. */
+static size_t w4s_smem_bytes(int M, int kps) { return (size_t)(M + 1) * (kps * 64 + 8) * 2; }
 
 /* tiles_shift: log2(group / 64); the group of tile kt is kt >> tiles_shift
  * (a division here was most of the loop's instructions). */
@@ -473,10 +478,10 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
  * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
  * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. NB = 2
- * keeps 24 warps (85 registers), although the grid is sized for 32 warps
- * per SM: at 32 (64 registers, 88 bytes spilled) gate_up at 16 rows took
- * 72.9 us instead of 59.1 (both with x staged by cp.async; w4a16_bench,
- * H100, 2026-12-06). */
+ * keeps 24 warps (85 registers) and gets splits for that (w4s_splits): at
+ * 32 warps (64 registers, 88 bytes spilled) gate_up at 16 rows took 72.9
+ * us instead of 59.1 (both with x staged by cp.async; w4a16_bench, H100,
+ * 2026-12-06). */
 template <int NB, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
@@ -618,36 +623,97 @@ static int w4s_warps(void)
     return w;
 }
 
-static int w4s_blocks_per_sm(void)
+/* Lets the small kernels take their largest x slices (the 9-16 row ones
+ * with the whole SM's shared memory preferred, for three blocks of 68 KB);
+ * returns the most shared memory a block may have. */
+static int w4s_init(void)
 {
-    static int n = 0;
-    if (!n && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                   &n, w4s_warps() == 8 ? w4a16_small_kernel<1, 8> : w4a16_small_kernel<1, 4>,
-                   w4s_warps() * 32, 4096) != cudaSuccess ||
-               n < 1))
-        n = 1;
+    static int optin = -1;
+    if (optin < 0) {
+        optin = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
+        const int most1 = (int)w4s_smem_bytes(8, W4S_MAX_SLICE_KT);
+        const int most2 = (int)w4s_smem_bytes(W4S_MAX_ROWS, W4S_MAX_SLICE_KT2);
+        const w4_kernel_fn k1[] = {w4a16_small_kernel<1, 4>, w4a16_small_kernel<1, 8>};
+        const w4_kernel_fn k2[] = {w4a16_small_kernel<2, 4>, w4a16_small_kernel<2, 8>};
+        w4_set_max_smem(k1, 2, most1 < optin ? most1 : optin);
+        w4_set_max_smem(k2, 2, most2 < optin ? most2 : optin);
+        for (int i = 0; i < 2; i++)
+            cudaFuncSetAttribute(k2[i], cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 cudaSharedmemCarveoutMaxShared);
+        cudaGetLastError();
+    }
+    return optin;
+}
+
+/* Resident blocks per SM of the variant for NB groups of 8 rows, whose x
+ * slice takes smem bytes per block. */
+static int w4s_blocks_per_sm(int nb, size_t smem)
+{
+    const bool w8 = w4s_warps() == 8;
+    w4_kernel_fn k = nb == 1 ? (w8 ? w4a16_small_kernel<1, 8> : w4a16_small_kernel<1, 4>)
+                             : (w8 ? w4a16_small_kernel<2, 8> : w4a16_small_kernel<2, 4>);
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, w4s_warps() * 32, smem) != cudaSuccess)
+        n = 0;
     cudaGetLastError();
     return n;
 }
 
 /* Splits of K for the small kernel: as many as keep every block resident
  * at once (a second, partial wave costs as much as a full one), at least 4
- * tiles each, and at most W4S_MAX_SLICE_KT tiles each: measured on the H100
- * at M = 1, gate_up (K 5120) takes 53 us in one split of 80 tiles and 49 us
- * in four of 20, and the x slice of 8 rows then leaves 8 blocks per SM.
- * Depends on K, N and the GPU only, never on M. */
-static int w4s_splits(int K, int N, int n_sm)
+ * tiles each, and at most max_slice tiles each: measured on the H100 at M =
+ * 1, gate_up (K 5120) takes 53 us in one split of 80 tiles and 49 us in
+ * four of 20, and the x slice of 8 rows then leaves 8 blocks per SM. */
+static int w4s_splits_for(int K, int N, int n_sm, int blocks_per_sm, int max_slice)
 {
     const int kt = K / 64, col_blocks = (N / 16 + w4s_warps() - 1) / w4s_warps();
-    int sp = n_sm * w4s_blocks_per_sm() / col_blocks;
+    int sp = n_sm * blocks_per_sm / col_blocks;
     if (sp > kt / 4)
         sp = kt / 4;
     if (sp < 1)
         sp = 1;
-    while ((kt + sp - 1) / sp > W4S_MAX_SLICE_KT)
+    while ((kt + sp - 1) / sp > max_slice)
         sp++;
     const int kps = (kt + sp - 1) / sp;
     return (kt + kps - 1) / kps;
+}
+
+/*
+ * The splits for nb groups of 8 rows; they depend on K, N, nb and the GPU,
+ * never on M, so a row gets the same sums in any batch of 1-8 rows, and in
+ * any batch of 9-16 (but not the same in both). The 9-16 row variant holds
+ * 24 warps per SM where the 1-8 row one holds 32 (85 registers against
+ * 64), so a grid sized for the latter ran a second, partial wave at 16
+ * rows: down, qkv and o took ~1.5x their 8-row time (w4a16_bench, H100,
+ * 2026-12-06). It gets splits of its own where three blocks of its largest
+ * slice (W4S_MAX_SLICE_KT2 tiles) fit an SM's shared memory and the grid
+ * is then one wave, and the 1-8
+ * row splits elsewhere (a 3090) or with QWEN3_BATCH_W4S_SHARED_SPLITS=1
+ * (for measurements).
+ */
+static int w4s_splits(int K, int N, int n_sm, int nb)
+{
+    static int bps1 = -1, bps2 = -1;
+    if (bps1 < 0) {
+        w4s_init();
+        const char *e = getenv("QWEN3_BATCH_W4S_SHARED_SPLITS");
+        bps1 = w4s_blocks_per_sm(1, 4096);
+        if (bps1 < 1)
+            bps1 = 1;
+        bps2 = e && *e == '1' ? 0 : w4s_blocks_per_sm(2, w4s_smem_bytes(W4S_MAX_ROWS, W4S_MAX_SLICE_KT2));
+    }
+    if (nb == 2 && bps2 >= 3) {
+        /* Only where that grid is one wave: gate_up's 272 column blocks
+         * need 3 splits of at most 32 tiles, 816 blocks for 396 slots on an
+         * H100/H200, 2.06 waves; there the 1-8 row splits (1,088 blocks,
+         * 2.75 waves) measured faster at 16 rows: 52.8 against 60.4 us
+         * (w4a16_bench, H200, 2026-12-06). */
+        const int sp = w4s_splits_for(K, N, n_sm, bps2, W4S_MAX_SLICE_KT2);
+        const int col_blocks = (N / 16 + w4s_warps() - 1) / w4s_warps();
+        if (sp * col_blocks <= n_sm * bps2)
+            return sp;
+    }
+    return w4s_splits_for(K, N, n_sm, bps1, W4S_MAX_SLICE_KT);
 }
 
 static int w4s_enabled(void)
@@ -666,22 +732,15 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
                                 const __half2 *sz, int K, int N, int group, __half *y, int ldy,
                                 float *part, size_t part_floats, int n_sm, cudaStream_t s)
 {
-    static int optin = -1;
-    if (optin < 0) {
-        optin = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
-        int most = (int)((size_t)(W4S_MAX_ROWS + 1) * (W4S_MAX_SLICE_KT * 64 + 8) * 2);
-        const w4_kernel_fn ks[] = {w4a16_small_kernel<1, 4>, w4a16_small_kernel<2, 4>,
-                                   w4a16_small_kernel<1, 8>, w4a16_small_kernel<2, 8>};
-        w4_set_max_smem(ks, 4, most < optin ? most : optin);
-    }
+    const int optin = w4s_init();
     const int tiles_per_group = group / 64;
     if (M > W4S_MAX_ROWS || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
         N / 16 > W4_COUNTERS)
         return cudaErrorNotSupported;
-    const int kt = K / 64, sp = w4s_splits(K, N, n_sm);
+    const int kt = K / 64, sp = w4s_splits(K, N, n_sm, M <= 8 ? 1 : 2);
     const int kps = (kt + sp - 1) / sp;
     const int wp = w4s_warps(), bx = (N / 16 + wp - 1) / wp;
-    const size_t smem = (size_t)(M + 1) * (kps * 64 + 8) * 2;
+    const size_t smem = w4s_smem_bytes(M, kps);
     if (smem > (size_t)optin)
         return cudaErrorNotSupported;
     if (sp > 1 && (size_t)sp * M * N > part_floats - W4_COUNTERS)
@@ -1103,7 +1162,8 @@ extern "C" cudaError_t cu_w4a16_gemm(const void *x, int M, int ldx, const void *
 extern "C" size_t cu_w4a16_part_floats(int K, int N, int n_sm)
 {
     size_t mma = (size_t)cu_w4a16_splits(K, N, n_sm) * w4_rows() * N;
-    size_t small = (size_t)w4s_splits(K, N, n_sm) * W4S_MAX_ROWS * N;
+    const int sp1 = w4s_splits(K, N, n_sm, 1), sp2 = w4s_splits(K, N, n_sm, 2);
+    size_t small = (size_t)(sp1 > sp2 ? sp1 : sp2) * W4S_MAX_ROWS * N;
     size_t rows = (size_t)w4r_splits(K, N, n_sm) * 64 * N;
     size_t most = mma > small ? mma : small;
     return (most > rows ? most : rows) + W4_COUNTERS;

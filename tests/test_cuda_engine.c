@@ -268,14 +268,22 @@ static void test_swiglu_op(int T, int I)
 
 /* ---- the int4 product, op by op ---- */
 
-static void test_gemm_ops(int K, int N, int group)
+/* Row counts whose int4 products share one order of sums per row: the
+ * small kernel's 1-8 and 9-16 row variants, and the rows kernel's 64-row
+ * launches (a larger M runs as chunks of 64, each row the same way). */
+static int gemm_variant(int M) { return M <= 8 ? 0 : M <= 16 ? 1 : 2; }
+
+/* The int4 product at each of the n_ms row counts Ms (ascending) against a
+ * double-precision reference, and the rows a batch shares with a smaller
+ * one of the same variant bit for bit: the splits of K must not depend on
+ * M within a variant. */
+static void test_gemm_ops_at(int K, int N, int group, const int *Ms, int n_ms)
 {
     struct tiny t = {0};
     model_linear l = mk_linear(&t, 1, group, MODEL_F16, K, N);
     float *w = malloc(sizeof *w * (size_t)K * N); /* [N][K] */
     model_linear_to_f32(&l, w);
-    const int Ms[] = {1, 3, 9, 16, 17, 40, 64, 65, 130};
-    int maxM = 130;
+    int maxM = Ms[n_ms - 1];
     uint16_t *xh = malloc(2 * (size_t)maxM * K), *yh = malloc(2 * (size_t)maxM * N);
     float *xf = malloc(sizeof *xf * (size_t)maxM * K);
     for (int i = 0; i < maxM * K; i++) {
@@ -303,12 +311,20 @@ static void test_gemm_ops(int K, int N, int group)
     cudaMemcpy(dx, xh, 2 * (size_t)maxM * K, cudaMemcpyHostToDevice);
     CHECK(cu_awq_repack(dq, dz, ds, K, N, group, 0, N, qw, sz, 0) == cudaSuccess);
     double worst = 0;
-    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+    uint16_t *prev = malloc(2 * (size_t)maxM * N);
+    int prev_m = 0;
+    for (int mi = 0; mi < n_ms; mi++) {
         int M = Ms[mi];
         cudaMemset(dy, 0xff, 2 * (size_t)maxM * N); /* NaN poison: every output must be written */
         CHECK(cu_w4a16_gemm(dx, M, K, qw, sz, K, N, group, dy, N, part, pf, n_sm, 0) == cudaSuccess);
         CHECK(cudaDeviceSynchronize() == cudaSuccess);
         cudaMemcpy(yh, dy, 2 * (size_t)M * N, cudaMemcpyDeviceToHost);
+        if (prev_m > 0 && gemm_variant(M) == gemm_variant(prev_m))
+            CHECK_MSG(!memcmp(prev, yh, 2 * (size_t)prev_m * N),
+                      "int4 gemm K=%d N=%d: the first %d rows differ between M=%d and M=%d", K, N,
+                      prev_m, prev_m, M);
+        memcpy(prev, yh, 2 * (size_t)M * N);
+        prev_m = M;
         double num = 0, den = 0;
         int bad = 0;
         for (int m = 0; m < M; m++)
@@ -341,10 +357,17 @@ static void test_gemm_ops(int K, int N, int group)
     CHECK_MSG(dmax < 2e-3, "dequant K=%d N=%d: relative error %.3g", K, N, dmax);
     printf("int4 gemm K=%d N=%d group=%d: worst relative error %.2e; dequant %.2e\n", K, N, group,
            worst, dmax);
+    free(prev);
     cudaFree(dq), cudaFree(dz), cudaFree(ds), cudaFree(qw), cudaFree(sz), cudaFree(dx);
     cudaFree(dy), cudaFree(dw), cudaFree(part);
     free(w), free(xh), free(yh), free(xf), free(wh);
     tiny_free(&t);
+}
+
+static void test_gemm_ops(int K, int N, int group)
+{
+    const int Ms[] = {1, 3, 8, 9, 16, 17, 40, 64, 65, 130};
+    test_gemm_ops_at(K, N, group, Ms, (int)(sizeof Ms / sizeof Ms[0]));
 }
 
 /* ---- an independent reference: the whole forward pass in double ---- */
@@ -833,6 +856,10 @@ int main(int argc, char **argv)
     if (!quick) {
         test_gemm_ops(512, 768, 128);
         test_gemm_ops(1024, 272, 64);
+        /* Qwen3-14B's down (K 17408, N 5120): enough column blocks that
+         * the 9-16 row variant's splits differ from the 1-8 row ones. */
+        const int Ms[] = {1, 8, 9, 16};
+        test_gemm_ops_at(17408, 5120, 128, Ms, 4);
     }
 
     model_config ca, cb, cc;
