@@ -477,7 +477,7 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
  * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
- * 8 blocks (32 warps) per SM: 64 registers, which W4S_U = 4 fits. NB = 2
+ * 32 warps per SM: 64 registers, which W4S_U = 4 fits. NB = 2
  * keeps 24 warps (85 registers) and gets splits for that (w4s_splits): at
  * 32 warps (64 registers, 88 bytes spilled) gate_up at 16 rows took 72.9
  * us instead of 59.1 (both with x staged by cp.async; w4a16_bench, H100,
@@ -606,8 +606,6 @@ static void w4_set_max_smem(const w4_kernel_fn *k, int n, size_t bytes)
         cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
-/* Resident blocks of the small kernel per SM (registers and threads; the
- * x slice of one row is small). */
 /* Column tiles (warps) per block: 8, or 4 with QWEN3_BATCH_W4S_WARPS=4 (for
  * measurements). Every block stages its own copy of x from L2, so wider
  * blocks halve that traffic, which at 16 rows is as large as the weights:
@@ -622,6 +620,9 @@ static int w4s_warps(void)
     }
     return w;
 }
+
+/* Blocks across N: one column tile of 16 per warp. */
+static int w4s_col_blocks(int N) { return (N / 16 + w4s_warps() - 1) / w4s_warps(); }
 
 /* Lets the small kernels take their largest x slices (the 9-16 row ones
  * with the whole SM's shared memory preferred, for three blocks of 68 KB);
@@ -663,10 +664,11 @@ static int w4s_blocks_per_sm(int nb, size_t smem)
  * at once (a second, partial wave costs as much as a full one), at least 4
  * tiles each, and at most max_slice tiles each: measured on the H100 at M =
  * 1, gate_up (K 5120) takes 53 us in one split of 80 tiles and 49 us in
- * four of 20, and the x slice of 8 rows then leaves 8 blocks per SM. */
+ * four of 20, and the x slice of 8 rows then leaves the 1-8 row variant
+ * its 32 warps per SM. */
 static int w4s_splits_for(int K, int N, int n_sm, int blocks_per_sm, int max_slice)
 {
-    const int kt = K / 64, col_blocks = (N / 16 + w4s_warps() - 1) / w4s_warps();
+    const int kt = K / 64, col_blocks = w4s_col_blocks(N);
     int sp = n_sm * blocks_per_sm / col_blocks;
     if (sp > kt / 4)
         sp = kt / 4;
@@ -687,9 +689,8 @@ static int w4s_splits_for(int K, int N, int n_sm, int blocks_per_sm, int max_sli
  * rows: down, qkv and o took ~1.5x their 8-row time (w4a16_bench, H100,
  * 2026-12-06). It gets splits of its own where three blocks of its largest
  * slice (W4S_MAX_SLICE_KT2 tiles) fit an SM's shared memory and the grid
- * is then one wave, and the 1-8
- * row splits elsewhere (a 3090) or with QWEN3_BATCH_W4S_SHARED_SPLITS=1
- * (for measurements).
+ * is then one wave, and the 1-8 row splits elsewhere (a 3090, gate_up) or
+ * with QWEN3_BATCH_W4S_SHARED_SPLITS=1 (for measurements).
  */
 static int w4s_splits(int K, int N, int n_sm, int nb)
 {
@@ -709,8 +710,7 @@ static int w4s_splits(int K, int N, int n_sm, int nb)
          * 2.75 waves) measured faster at 16 rows: 52.8 against 60.4 us
          * (w4a16_bench, H200, 2026-12-06). */
         const int sp = w4s_splits_for(K, N, n_sm, bps2, W4S_MAX_SLICE_KT2);
-        const int col_blocks = (N / 16 + w4s_warps() - 1) / w4s_warps();
-        if (sp * col_blocks <= n_sm * bps2)
+        if (sp * w4s_col_blocks(N) <= n_sm * bps2)
             return sp;
     }
     return w4s_splits_for(K, N, n_sm, bps1, W4S_MAX_SLICE_KT);
@@ -739,7 +739,7 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
         return cudaErrorNotSupported;
     const int kt = K / 64, sp = w4s_splits(K, N, n_sm, M <= 8 ? 1 : 2);
     const int kps = (kt + sp - 1) / sp;
-    const int wp = w4s_warps(), bx = (N / 16 + wp - 1) / wp;
+    const int wp = w4s_warps(), bx = w4s_col_blocks(N);
     const size_t smem = w4s_smem_bytes(M, kps);
     if (smem > (size_t)optin)
         return cudaErrorNotSupported;
