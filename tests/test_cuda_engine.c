@@ -944,6 +944,12 @@ int main(int argc, char **argv)
         test_ragged("awq-d128-untied", &A.m, ENG_KV_F16);
         test_ragged("awq-d128-untied", &A.m, ENG_KV_INT8);
         test_errors(&A.m);
+        /* The same shape at 17 and 64 rows: split K through the 17-64 row
+         * kernel (wgmma on an H100). Last, so that the models above get
+         * the same random weights as before (test_ragged's exact tokens
+         * depend on them; docs/PERF-cuda.md, session 7). */
+        const int Ms2[] = {17, 64};
+        test_gemm_ops_at(17408, 5120, 128, Ms2, 2);
     }
     tiny_free(&A);
     tiny_free(&B);

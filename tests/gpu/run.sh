@@ -144,7 +144,7 @@ do_bench_quick() {
 
 do_w4bench() {
     step "w4a16_bench"
-    nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_86,code=sm_86 \
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_86,code=sm_86 -DQ3_SM90A=1 \
         -o "$log/w4a16_bench" "$here/w4a16_bench.cu" || { fail "w4a16_bench: build"; return; }
     "$log/w4a16_bench" 2>&1 | tee "$log/w4bench.log" || fail "w4a16_bench"
 }
