@@ -211,7 +211,10 @@ static int score(eng *e, const int32_t *toks, int n, float *out)
 }
 
 /* Greedy generation of n_new tokens after a prompt, on one sequence. */
-static int generate(eng *e, const int32_t *prompt, int n_prompt, int n_new, int32_t *out)
+/* Greedy tokens; with margin, also each step's gap between the two largest
+ * logits over the largest magnitude (how near the choice was to a tie). */
+static int generate_m(eng *e, int V, const int32_t *prompt, int n_prompt, int n_new, int32_t *out,
+                      float *margin)
 {
     errbuf err;
     sample_params sp;
@@ -219,17 +222,38 @@ static int generate(eng *e, const int32_t *prompt, int n_prompt, int n_new, int3
     int s;
     if (eng_seq_add(e, &sp, &s, &err))
         return -1;
-    eng_item it = {.seq = s, .tokens = prompt, .n_tokens = n_prompt, .sample = 1};
+    eng_item it = {.seq = s, .tokens = prompt, .n_tokens = n_prompt, .sample = 1,
+                   .logits = margin ? ENG_LOGITS_LAST : ENG_LOGITS_NONE};
+    float *lg = margin ? malloc(sizeof *lg * (size_t)V) : NULL;
     int rc = 0;
     for (int k = 0; k < n_new && !rc; k++) {
-        rc = eng_step(e, &it, 1, NULL, &out[k], &err);
+        rc = eng_step(e, &it, 1, lg, &out[k], &err);
+        if (margin && !rc) {
+            float a = -INFINITY, b = -INFINITY, mag = 0;
+            for (int v = 0; v < V; v++) {
+                mag = fmaxf(mag, fabsf(lg[v]));
+                if (lg[v] > a) {
+                    b = a;
+                    a = lg[v];
+                } else if (lg[v] > b) {
+                    b = lg[v];
+                }
+            }
+            margin[k] = (a - b) / (mag > 0 ? mag : 1);
+        }
         it.tokens = &out[k];
         it.n_tokens = 1;
     }
+    free(lg);
     if (rc)
         fprintf(stderr, "generate: %s\n", err.msg);
     eng_seq_release(e, s);
     return rc;
+}
+
+static int generate(eng *e, const int32_t *prompt, int n_prompt, int n_new, int32_t *out)
+{
+    return generate_m(e, 0, prompt, n_prompt, n_new, out, NULL);
 }
 
 /* ---- the MLP activation, both paths (16-byte rows, and any even I) ---- */
@@ -646,8 +670,16 @@ static void test_decode_splits(const char *name, const model *m, enum eng_kv_typ
 }
 
 /* Sequences of different lengths joining and leaving mid-decode give the
- * tokens each gives alone. */
-static void test_ragged(const char *name, const model *m, enum eng_kv_type kv)
+ * tokens each gives alone, up to a near tie: a row's sums depend on which
+ * product kernel its step's row count picks (a decode row that shares a
+ * step with a prefill takes another than alone), and int8 KV can turn
+ * those last-bit differences into another quantized value, so a token may
+ * differ where the alone run's two best logits are within tol of the
+ * largest logit magnitude; the sequence is compared no further then (its
+ * continuation differs). A token that differs at a clear choice fails, and
+ * so do near ties in more than one sequence, so that a fault cannot hide
+ * behind them. */
+static void test_ragged(const char *name, const model *m, enum eng_kv_type kv, float tol)
 {
     int V = m->cfg.vocab_size;
     errbuf err;
@@ -662,11 +694,12 @@ static void test_ragged(const char *name, const model *m, enum eng_kv_type kv)
     enum { NS = 4, STEPS = 14 };
     int lens[NS] = {37, 5, 70, 300}, join[NS] = {0, 0, 4, 6}, leave[NS] = {STEPS, 8, STEPS, 11};
     int32_t *prompts[NS], alone[NS][STEPS], batch[NS][STEPS];
+    float margin[NS][STEPS];
     for (int s = 0; s < NS; s++) {
         prompts[s] = malloc(sizeof(int32_t) * (size_t)lens[s]);
         for (int i = 0; i < lens[s]; i++)
             prompts[s][i] = (int32_t)(next_u64() % (uint64_t)V);
-        CHECK(generate(g, prompts[s], lens[s], leave[s] - join[s], alone[s]) == 0);
+        CHECK(generate_m(g, V, prompts[s], lens[s], leave[s] - join[s], alone[s], margin[s]) == 0);
     }
     sample_params sp;
     sample_params_greedy(&sp);
@@ -698,13 +731,24 @@ static void test_ragged(const char *name, const model *m, enum eng_kv_type kv)
             if (step + 1 == leave[s])
                 eng_seq_release(g, seqs[s]);
     }
-    int same = 1;
+    int same = 1, ties = 0, compared = 0;
     for (int s = 0; s < NS; s++)
-        for (int k = 0; k < leave[s] - join[s]; k++)
-            same &= alone[s][k] == batch[s][k];
-    printf("%s (kv %s): ragged batch %s the sequences run alone\n", name,
-           kv == ENG_KV_INT8 ? "int8" : "f16", same ? "matches" : "DIFFERS from");
+        for (int k = 0; k < leave[s] - join[s]; k++) {
+            compared++;
+            if (alone[s][k] == batch[s][k])
+                continue;
+            if (margin[s][k] < tol)
+                ties++;
+            else
+                same = 0;
+            break;
+        }
+    printf("%s (kv %s): ragged batch %s the sequences run alone (%d tokens compared, %d "
+           "sequences stopped at a near tie)\n",
+           name, kv == ENG_KV_INT8 ? "int8" : "f16", same ? "matches" : "DIFFERS from", compared,
+           ties);
     CHECK(same);
+    CHECK_MSG(ties <= 1, "%s: %d sequences stopped at near ties", name, ties); /* rare when right */
     CHECK(eng_kv_free_tokens(g) == 4096);
     for (int s = 0; s < NS; s++)
         free(prompts[s]);
@@ -941,8 +985,8 @@ int main(int argc, char **argv)
         test_vs_cpu("awq-g32-all-int4", &C3.m, ENG_KV_F16, 1e-2);
         tiny_free(&C2);
         tiny_free(&C3);
-        test_ragged("awq-d128-untied", &A.m, ENG_KV_F16);
-        test_ragged("awq-d128-untied", &A.m, ENG_KV_INT8);
+        test_ragged("awq-d128-untied", &A.m, ENG_KV_F16, 2e-3f);
+        test_ragged("awq-d128-untied", &A.m, ENG_KV_INT8, 5e-3f);
         test_errors(&A.m);
         /* The same shape at 17 and 64 rows: split K through the 17-64 row
          * kernel (wgmma on an H100). Last, so that the models above get
