@@ -6,7 +6,8 @@
  * `tests/gpu/run.sh w4bench` compiles it with nvcc on the GPU machine and
  * runs it; QWEN3_BATCH_W4S_WARPS / QWEN3_BATCH_W4R_WARPS=4 time the
  * narrower blocks, QWEN3_BATCH_W4_SMALL=0 the mma kernel alone, W4B_QUICK=1
- * the products without the read floors.
+ * the products without the read floors. Each shape also compares the
+ * wgmma kernel (sm_90a builds) with the rows kernel at 17 and 64 rows.
  */
 #include "../../cuda/gemm_w4a16.cu"
 #include <stdio.h>
@@ -60,6 +61,60 @@ __global__ void rd_ktmajor(const uint4 *qw, int kt_count, int kps, int nt_count,
     if (acc == 0x12345678) out[0] = acc;
 }
 
+__global__ void fill_x(__half *x, size_t n, uint32_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+        x[i] = __float2half((float)(h & 0xffff) / 32768.0f - 1.0f);
+    }
+}
+
+/* The wgmma kernel against the rows kernel on random x, at 17 and 64 rows:
+ * both multiply the same fp16 (q - z) * s in fp32, so they differ in
+ * rounding only. Where they do not, says where (for debugging the layout):
+ * the first bad element, and which rows mod 16 and columns mod 128 go bad. */
+static void check_wg(const void *qw, const void *sz, int K, int N, float *part, size_t pf, int n_sm)
+{
+    __half *x, *y1, *y2;
+    cudaMalloc(&x, 2 * 64 * (size_t)K); cudaMalloc(&y1, 2 * 64 * (size_t)N); cudaMalloc(&y2, 2 * 64 * (size_t)N);
+    fill_x<<<256, 256>>>(x, 64 * (size_t)K, 12345u);
+    __half *h1 = (__half *)malloc(2 * 64 * (size_t)N), *h2 = (__half *)malloc(2 * 64 * (size_t)N);
+    const int Ms[2] = {17, 64};
+    for (int i = 0; i < 2; i++) {
+        int M = Ms[i];
+        cudaMemset(y1, 0xff, 2 * 64 * (size_t)N);
+        cudaError_t e1 = launch_wg(x, M, K, (const uint4 *)qw, (const __half2 *)sz, K, N, 128, y1, N, part, pf, n_sm, 0);
+        cudaError_t e2 = launch_rows(x, M, K, (const uint4 *)qw, (const __half2 *)sz, K, N, 128, y2, N, part, pf, n_sm, 0);
+        cudaError_t e3 = cudaDeviceSynchronize();
+        if (e1 || e2 || e3) {
+            printf("wg check M=%d: wg %s, rows %s, sync %s\n", M, cudaGetErrorString(e1), cudaGetErrorString(e2), cudaGetErrorString(e3));
+            continue;
+        }
+        cudaMemcpy(h1, y1, 2 * (size_t)M * N, cudaMemcpyDeviceToHost);
+        cudaMemcpy(h2, y2, 2 * (size_t)M * N, cudaMemcpyDeviceToHost);
+        double mx = 0, md = 0;
+        for (size_t j = 0; j < (size_t)M * N; j++) mx = fmax(mx, fabs(__half2float(h2[j])));
+        long bad = 0; int fr = -1, fc = -1; unsigned rows = 0; unsigned long long cols[2] = {0, 0};
+        for (int r = 0; r < M; r++)
+            for (int c = 0; c < N; c++) {
+                float a = __half2float(h1[(size_t)r * N + c]), b = __half2float(h2[(size_t)r * N + c]);
+                double d = isfinite(a) ? fabs(a - b) : INFINITY;
+                md = fmax(md, d);
+                if (d > 1e-2 * mx) {
+                    if (!bad++) { fr = r; fc = c; }
+                    rows |= 1u << (r % 16);
+                    cols[(c % 128) / 64] |= 1ull << (c % 64);
+                }
+            }
+        printf("wg check K=%d N=%d M=%d: max diff %.3g of max %.3g; %ld of %ld off by > 1%%", K, N, M, md, mx, bad, (long)M * N);
+        if (bad)
+            printf(" (first r %d c %d; rows mod 16 mask %04x; cols mod 128 mask %016llx%016llx)", fr, fc, rows, cols[1], cols[0]);
+        printf("\n");
+    }
+    free(h1); free(h2); cudaFree(x); cudaFree(y1); cudaFree(y2);
+}
+
 #define T(label, bytes, launch) do { for (int w = 0; w < 3; w++) { launch; } cudaEventRecord(a); \
     for (int r = 0; r < reps; r++) { launch; } cudaEventRecord(b); cudaEventSynchronize(b); float ms; \
     cudaEventElapsedTime(&ms, a, b); ms /= reps; printf("%-34s %8.1f us  %6.2f TB/s\n", label, ms * 1e3, (bytes) / (ms * 1e-3) / 1e12); } while (0)
@@ -94,6 +149,7 @@ int main(void)
             T(l, bytes, (cu_w4a16_gemm(x, M, K, qw[c], sz[c], K, N, 128, y, N, part, pf, n_sm, 0), c = (c + 1) % NC));
         }
 
+        check_wg(qw[0], sz[0], K, N, part, pf, n_sm);
         int kt = K / 64, nt = N / 16;
         for (int sp = 1; !quick && sp <= 16; sp *= 2) {
             int kps = (kt + sp - 1) / sp; int warps = nt * sp;
