@@ -423,7 +423,17 @@ static __device__ __forceinline__ void w4_pairs(uint32_t w, __half2 z0, __half2 
 /* Split K, per warp of 16 columns (tile nt): the last split to finish adds
  * the partial sums part[split][M][N] in split order (deterministic) and
  * writes y, then re-arms the tile's counter. Counted per warp, so warps of
- * dead tiles, which return early, are never waited for. */
+ * dead tiles, which return early, are never waited for.
+ *
+ * The sums are a chain of L2 round trips at the end of a block that holds
+ * its SM slot meanwhile, so they go wide: lane = 4 columns (float4) of row
+ * lane / 4, R rows 8 apart per pass, the loads of J splits of all R rows
+ * issued before their adds (R x J float4 in registers: the small kernel,
+ * capped at 64 and 80 registers, takes 2 x 4). The first version (one
+ * float per lane and load) cost a 64-row gate_up product in 4 splits ~95
+ * of its 188 us (the wgmma kernel without its end: 93; w4a16 probe, H100,
+ * 2026-12-06). Sums keep split order, so results are unchanged. */
+template <int R, int J>
 static __device__ void w4_reduce_last_split(float *part, size_t counters_off, int M, int N, int nt,
                                             int lane, __half *y, int ldy)
 {
@@ -437,12 +447,53 @@ static __device__ void w4_reduce_last_split(float *part, size_t counters_off, in
     if (!last)
         return;
     __threadfence();
-    for (int idx = lane; idx < M * 16; idx += 32) {
-        const int r = idx >> 4, col = nt * 16 + (idx & 15);
-        float a = 0.0f;
-        for (int sp = 0; sp < (int)gridDim.y; sp++)
-            a += __ldcg(part + ((int64_t)sp * M + r) * N + col);
-        y[(int64_t)r * ldy + col] = __float2half_rn(a);
+    const int n_sp = (int)gridDim.y, col = nt * 16 + (lane & 3) * 4;
+    const int64_t sp_stride = (int64_t)M * N;
+    for (int r0 = lane >> 2; r0 < M; r0 += 8 * R) {
+        float4 a[R];
+        const float *p[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            a[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            /* rows past M read row r0 (in bounds) and are not stored */
+            p[i] = part + (int64_t)(r0 + 8 * i < M ? r0 + 8 * i : r0) * N + col;
+        }
+        int sp = 0;
+        for (; sp + J <= n_sp; sp += J) {
+            float4 v[J][R];
+#pragma unroll
+            for (int j = 0; j < J; j++)
+#pragma unroll
+                for (int i = 0; i < R; i++)
+                    v[j][i] = __ldcg(reinterpret_cast<const float4 *>(p[i] + (sp + j) * sp_stride));
+#pragma unroll
+            for (int j = 0; j < J; j++)
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    a[i].x += v[j][i].x;
+                    a[i].y += v[j][i].y;
+                    a[i].z += v[j][i].z;
+                    a[i].w += v[j][i].w;
+                }
+        }
+        for (; sp < n_sp; sp++)
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                const float4 v = __ldcg(reinterpret_cast<const float4 *>(p[i] + sp * sp_stride));
+                a[i].x += v.x;
+                a[i].y += v.y;
+                a[i].z += v.z;
+                a[i].w += v.w;
+            }
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            const int r = r0 + 8 * i;
+            if (r < M) {
+                __half2 *o = reinterpret_cast<__half2 *>(y + (int64_t)r * ldy + col);
+                o[0] = __floats2half2_rn(a[i].x, a[i].y);
+                o[1] = __floats2half2_rn(a[i].z, a[i].w);
+            }
+        }
     }
     if (lane == 0)
         counters[nt] = 0;
@@ -473,7 +524,8 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
             }
         }
     if (part)
-        w4_reduce_last_split(part, counters_off, M, N, nt, lane, y, ldy);
+        w4_reduce_last_split<NB <= 2 ? NB : 4, NB <= 2 ? 4 : 2>(part, counters_off, M, N, nt, lane, y,
+                                                               ldy);
 }
 
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
