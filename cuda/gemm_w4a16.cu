@@ -397,6 +397,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
 #define W4S_MAX_ROWS 16
 #define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
 #define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
+#define W4S_MAX_SLICE_KT1 28    /* the 1-8 row variant's cap where it saves a wave (w4s_splits1) */
 #define W4S_MAX_SLICE_KT2 32    /* the same for 9-16 rows where three blocks fit (w4s_splits) */
 
 /* Shared memory of the small kernel: rows 0..M (row M zero) of the slice. */
@@ -422,7 +423,17 @@ static __device__ __forceinline__ void w4_pairs(uint32_t w, __half2 z0, __half2 
 /* Split K, per warp of 16 columns (tile nt): the last split to finish adds
  * the partial sums part[split][M][N] in split order (deterministic) and
  * writes y, then re-arms the tile's counter. Counted per warp, so warps of
- * dead tiles, which return early, are never waited for. */
+ * dead tiles, which return early, are never waited for.
+ *
+ * The sums are a chain of L2 round trips at the end of a block that holds
+ * its SM slot meanwhile, so they go wide: lane = 4 columns (float4) of row
+ * lane / 4, R rows 8 apart per pass, the loads of J splits of all R rows
+ * issued before their adds (R x J float4 in registers: the small kernel,
+ * capped at 64 and 80 registers, takes 2 x 4). The first version (one
+ * float per lane and load) cost a 64-row gate_up product in 4 splits ~95
+ * of its 188 us (the wgmma kernel without its end: 93; w4a16 probe, H100,
+ * 2026-12-06). Sums keep split order, so results are unchanged. */
+template <int R, int J>
 static __device__ void w4_reduce_last_split(float *part, size_t counters_off, int M, int N, int nt,
                                             int lane, __half *y, int ldy)
 {
@@ -436,12 +447,53 @@ static __device__ void w4_reduce_last_split(float *part, size_t counters_off, in
     if (!last)
         return;
     __threadfence();
-    for (int idx = lane; idx < M * 16; idx += 32) {
-        const int r = idx >> 4, col = nt * 16 + (idx & 15);
-        float a = 0.0f;
-        for (int sp = 0; sp < (int)gridDim.y; sp++)
-            a += __ldcg(part + ((int64_t)sp * M + r) * N + col);
-        y[(int64_t)r * ldy + col] = __float2half_rn(a);
+    const int n_sp = (int)gridDim.y, col = nt * 16 + (lane & 3) * 4;
+    const int64_t sp_stride = (int64_t)M * N;
+    for (int r0 = lane >> 2; r0 < M; r0 += 8 * R) {
+        float4 a[R];
+        const float *p[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            a[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            /* rows past M read row r0 (in bounds) and are not stored */
+            p[i] = part + (int64_t)(r0 + 8 * i < M ? r0 + 8 * i : r0) * N + col;
+        }
+        int sp = 0;
+        for (; sp + J <= n_sp; sp += J) {
+            float4 v[J][R];
+#pragma unroll
+            for (int j = 0; j < J; j++)
+#pragma unroll
+                for (int i = 0; i < R; i++)
+                    v[j][i] = __ldcg(reinterpret_cast<const float4 *>(p[i] + (sp + j) * sp_stride));
+#pragma unroll
+            for (int j = 0; j < J; j++)
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    a[i].x += v[j][i].x;
+                    a[i].y += v[j][i].y;
+                    a[i].z += v[j][i].z;
+                    a[i].w += v[j][i].w;
+                }
+        }
+        for (; sp < n_sp; sp++)
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                const float4 v = __ldcg(reinterpret_cast<const float4 *>(p[i] + sp * sp_stride));
+                a[i].x += v.x;
+                a[i].y += v.y;
+                a[i].z += v.z;
+                a[i].w += v.w;
+            }
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            const int r = r0 + 8 * i;
+            if (r < M) {
+                __half2 *o = reinterpret_cast<__half2 *>(y + (int64_t)r * ldy + col);
+                o[0] = __floats2half2_rn(a[i].x, a[i].y);
+                o[1] = __floats2half2_rn(a[i].z, a[i].w);
+            }
+        }
     }
     if (lane == 0)
         counters[nt] = 0;
@@ -472,7 +524,8 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
             }
         }
     if (part)
-        w4_reduce_last_split(part, counters_off, M, N, nt, lane, y, ldy);
+        w4_reduce_last_split<NB <= 2 ? NB : 4, NB <= 2 ? 4 : 2>(part, counters_off, M, N, nt, lane, y,
+                                                               ldy);
 }
 
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
@@ -632,7 +685,7 @@ static int w4s_init(void)
     static int optin = -1;
     if (optin < 0) {
         optin = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
-        const int most1 = (int)w4s_smem_bytes(8, W4S_MAX_SLICE_KT);
+        const int most1 = (int)w4s_smem_bytes(8, W4S_MAX_SLICE_KT1);
         const int most2 = (int)w4s_smem_bytes(W4S_MAX_ROWS, W4S_MAX_SLICE_KT2);
         const w4_kernel_fn k1[] = {w4a16_small_kernel<1, 4>, w4a16_small_kernel<1, 8>};
         const w4_kernel_fn k2[] = {w4a16_small_kernel<2, 4>, w4a16_small_kernel<2, 8>};
@@ -689,20 +742,66 @@ static int w4s_splits_for(int K, int N, int n_sm, int blocks_per_sm, int max_sli
  * rows: down, qkv and o took ~1.5x their 8-row time (w4a16_bench, H100,
  * 2026-12-06). It gets splits of its own where three blocks of its largest
  * slice (W4S_MAX_SLICE_KT2 tiles) fit an SM's shared memory and the grid
- * is then one wave, and the 1-8 row splits elsewhere (a 3090, gate_up) or
- * with QWEN3_BATCH_W4S_SHARED_SPLITS=1 (for measurements).
+ * is then one wave, and the 1-8 row variant's splits of at most
+ * W4S_MAX_SLICE_KT tiles elsewhere (a 3090, or gate_up).
+ *
+ * The 1-8 row variant keeps w4s_splits_for's splits unless another count
+ * with slices of 4 to W4S_MAX_SLICE_KT1 tiles needs fewer waves (slots: 4
+ * blocks of 8 warps per SM, fewer where an 8-row slice limits them); then
+ * it takes the most splits among the fewest waves. gate_up (80 tiles, 272
+ * column blocks) on an H100 gets 3 splits of 27 (816 blocks, 2 waves of
+ * 528) instead of 4 of 20 (1,088, 3 waves): 47.2 -> 43.6 us at 1 row, 50.8
+ * -> 48.9 at 8 (w4a16_bench, H100, 2026-12-06); a 3090 keeps its splits
+ * for the 14B shapes. QWEN3_BATCH_W4S_SHARED_SPLITS=1 gives the splits
+ * from before both (every variant as the 1-8 row one, at most
+ * W4S_MAX_SLICE_KT tiles), for measurements.
  */
+static int w4s_splits1(int K, int N, int n_sm, int bps1, int col_blocks)
+{
+    static int per_sm[W4S_MAX_SLICE_KT1 + 1]; /* blocks per SM by slice, 0: not asked yet */
+    const int kt = K / 64;
+    auto waves = [&](int sp) {
+        const int kps = (kt + sp - 1) / sp;
+        if (!per_sm[kps]) {
+            const int n = w4s_blocks_per_sm(1, w4s_smem_bytes(8, kps));
+            per_sm[kps] = n < 1 ? 1 : n;
+        }
+        const long slots = (long)n_sm * per_sm[kps];
+        return ((long)sp * col_blocks + slots - 1) / slots;
+    };
+    const int base = w4s_splits_for(K, N, n_sm, bps1, W4S_MAX_SLICE_KT);
+    if ((kt + base - 1) / base > W4S_MAX_SLICE_KT1)
+        return base;
+    int best = base;
+    long best_waves = waves(base);
+    for (int sp = 1; sp <= kt / 4; sp++) {
+        const int kps = (kt + sp - 1) / sp;
+        if (kps > W4S_MAX_SLICE_KT1 || (kt + kps - 1) / kps != sp)
+            continue;
+        const long w = waves(sp);
+        if (w < best_waves || (w == best_waves && best != base && sp > best)) {
+            best_waves = w;
+            best = sp;
+        }
+    }
+    return best;
+}
+
 static int w4s_splits(int K, int N, int n_sm, int nb)
 {
-    static int bps1 = -1, bps2 = -1;
+    static int bps1 = -1, bps2 = -1, old = 0;
     if (bps1 < 0) {
         w4s_init();
         const char *e = getenv("QWEN3_BATCH_W4S_SHARED_SPLITS");
+        old = e && *e == '1';
         bps1 = w4s_blocks_per_sm(1, 4096);
         if (bps1 < 1)
             bps1 = 1;
-        bps2 = e && *e == '1' ? 0 : w4s_blocks_per_sm(2, w4s_smem_bytes(W4S_MAX_ROWS, W4S_MAX_SLICE_KT2));
+        bps2 = old ? 0 : w4s_blocks_per_sm(2, w4s_smem_bytes(W4S_MAX_ROWS, W4S_MAX_SLICE_KT2));
     }
+    const int col_blocks = w4s_col_blocks(N);
+    if (nb == 1 && !old)
+        return w4s_splits1(K, N, n_sm, bps1, col_blocks);
     if (nb == 2 && bps2 >= 3) {
         /* Only where that grid is one wave: gate_up's 272 column blocks
          * need 3 splits of at most 32 tiles, 816 blocks for 396 slots on an
@@ -710,7 +809,7 @@ static int w4s_splits(int K, int N, int n_sm, int nb)
          * 2.75 waves) measured faster at 16 rows: 52.8 against 60.4 us
          * (w4a16_bench, H200, 2026-12-06). */
         const int sp = w4s_splits_for(K, N, n_sm, bps2, W4S_MAX_SLICE_KT2);
-        if (sp * w4s_col_blocks(N) <= n_sm * bps2)
+        if (sp * col_blocks <= n_sm * bps2)
             return sp;
     }
     return w4s_splits_for(K, N, n_sm, bps1, W4S_MAX_SLICE_KT);
@@ -1248,8 +1347,8 @@ __global__ void __launch_bounds__(128, 2)
         /* Every warp wrote part of each 16-column tile: all of them first. */
         __threadfence();
         __syncthreads();
-        w4_reduce_last_split(part, part_counters_off, M, N, nt, lane, y, ldy);
-        w4_reduce_last_split(part, part_counters_off, M, N, nt + 1, lane, y, ldy);
+        w4_reduce_last_split<4, 2>(part, part_counters_off, M, N, nt, lane, y, ldy);
+        w4_reduce_last_split<4, 2>(part, part_counters_off, M, N, nt + 1, lane, y, ldy);
     }
 #endif
 }

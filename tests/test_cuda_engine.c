@@ -988,10 +988,14 @@ int main(int argc, char **argv)
         test_ragged("awq-d128-untied", &A.m, ENG_KV_F16, 2e-3f);
         test_ragged("awq-d128-untied", &A.m, ENG_KV_INT8, 5e-3f);
         test_errors(&A.m);
-        /* The same shape at 17 and 64 rows: split K through the 17-64 row
-         * kernel (wgmma on an H100). Last, so that the models above get
-         * the same random weights as before (test_ragged's exact tokens
-         * depend on them; docs/PERF-cuda.md, session 7). */
+        /* gate_up (K 5120, N 34816): on an H100 the 1-8 row variant takes
+         * 3 splits of 27 tiles here, the 9-16 row one 4 of 20. Then the
+         * down shape at 17 and 64 rows: split K through the 17-64 row
+         * kernel (wgmma on an H100). Last, so that the models above keep
+         * their random weights (test_ragged's exact tokens depend on them;
+         * docs/PERF-cuda.md, session 7). */
+        const int Mg[] = {1, 8, 9, 16};
+        test_gemm_ops_at(5120, 34816, 128, Mg, 4);
         const int Ms2[] = {17, 64};
         test_gemm_ops_at(17408, 5120, 128, Ms2, 2);
     }
