@@ -458,33 +458,26 @@ static __device__ void w4_reduce_last_split(float *part, size_t counters_off, in
             /* rows past M read row r0 (in bounds) and are not stored */
             p[i] = part + (int64_t)(r0 + 8 * i < M ? r0 + 8 * i : r0) * N + col;
         }
-        int sp = 0;
-        for (; sp + J <= n_sp; sp += J) {
+        for (int sp = 0; sp < n_sp; sp += J) {
+            /* a short last batch is predicated, not a chain of single loads */
             float4 v[J][R];
 #pragma unroll
             for (int j = 0; j < J; j++)
 #pragma unroll
                 for (int i = 0; i < R; i++)
-                    v[j][i] = __ldcg(reinterpret_cast<const float4 *>(p[i] + (sp + j) * sp_stride));
+                    if (sp + j < n_sp)
+                        v[j][i] = __ldcg(reinterpret_cast<const float4 *>(p[i] + (sp + j) * sp_stride));
 #pragma unroll
             for (int j = 0; j < J; j++)
 #pragma unroll
-                for (int i = 0; i < R; i++) {
-                    a[i].x += v[j][i].x;
-                    a[i].y += v[j][i].y;
-                    a[i].z += v[j][i].z;
-                    a[i].w += v[j][i].w;
-                }
+                for (int i = 0; i < R; i++)
+                    if (sp + j < n_sp) {
+                        a[i].x += v[j][i].x;
+                        a[i].y += v[j][i].y;
+                        a[i].z += v[j][i].z;
+                        a[i].w += v[j][i].w;
+                    }
         }
-        for (; sp < n_sp; sp++)
-#pragma unroll
-            for (int i = 0; i < R; i++) {
-                const float4 v = __ldcg(reinterpret_cast<const float4 *>(p[i] + sp * sp_stride));
-                a[i].x += v.x;
-                a[i].y += v.y;
-                a[i].z += v.z;
-                a[i].w += v.w;
-            }
 #pragma unroll
         for (int i = 0; i < R; i++) {
             const int r = r0 + 8 * i;
