@@ -1083,25 +1083,39 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  * sm_90a: 17-64 rows through wgmma (built where configure's arch list holds
  * 90a, which defines Q3_SM90A). The rows kernel above issues mma.sync from
  * 16 warps per SM and waits on each (Nsight Compute: tensor pipe 24% busy,
- * warps stalled on fixed-latency dependencies and memory). Here one
- * warpgroup per block dequantizes a 64 x 128 weight tile into shared memory
- * while the tensor cores multiply the tile before it, asynchronously:
- *   x:       W4G_XS stages of 64 rows x 64 k (8 KB), cp.async, 2 tiles ahead;
- *   weights: each warp's two 16-column tiles (the small kernel's packed A
- *            fragments) in a register ring W4G_U tiles deep, dequantized to
- *            (q - z) * s in fp16 (as the rows kernel does) and stored to one
- *            of three 16 KB buffers;
- *   wgmma:   m64n128k16 x 4 per tile, both operands K-major with the 128-byte
- *            swizzle, at most one tile in flight behind the one issued.
- * Three weight buffers and x stages written 3 tiles behind their readers
- * need one barrier per tile: a warp's wgmma.wait_group(1) at tile kt
- * covers its part of tile kt - 2, and the barrier of tile kt - 1 came after
- * every warp's wait of that tile, so every warp is done with tile kt - 3.
- * The column blocks (128 columns) and splits of K are the rows kernel's.
+ * warps stalled on fixed-latency dependencies and memory). This one keeps
+ * its layout - 8 warps per block, warp = one 16-column tile, weights
+ * dequantized in registers from a ring W4G_U tiles deep, (q - z) * s in
+ * fp16 - but multiplies with wgmma, asynchronously, weights as the
+ * register operand A (m64: the 64 columns of a warpgroup, each warp's
+ * fragment exactly the mma.sync A fragment the rows kernel builds) and x as
+ * B from shared memory (n = 32 or 64 batch rows, K-major, 128-byte
+ * swizzle), so a warp dequantizes tile kt + 1 while the tensor cores
+ * multiply tile kt, and the accumulators are the rows kernel's (w4_store).
+ *   x: W4G_XS stages of n rows x 64 k, cp.async, 2 tiles ahead;
+ *   A: two register sets, tile kt in set kt & 1, rewritten only after
+ *      wgmma.wait_group(1) at tile kt + 2 has retired tile kt.
+ * x stages written 3 tiles behind their readers need one barrier per tile:
+ * a warp's wait_group(1) at tile kt covers its warpgroup's tile kt - 2, and
+ * the barrier of tile kt - 1 came after every warp's wait of that tile, so
+ * both warpgroups are done with tile kt - 3.
+ *
+ * A first version (one warpgroup per block, weights dequantized into
+ * shared memory as B, x as A padded to 64 rows, m64n128k16) was slower
+ * than the rows kernel at 32 rows (gate_up 94.5 against 83.9 us) and ahead
+ * by 4-15% at 64 (w4a16_bench, H100, 2026-12-06).
  */
-#define W4G_XS 5                       /* x stages */
-#define W4G_U 4                        /* weight tiles in flight per thread */
-#define W4G_SMEM (W4G_XS * 8192 + 3 * 16384 + 1024) /* + 1 KB to align to 1024 */
+#define W4G_XS 5 /* x stages */
+#define W4G_U 4  /* weight tiles in flight per thread (the ring) */
+#ifndef W4G_INFLIGHT
+#define W4G_INFLIGHT 0 /* wgmma groups left in flight at the top of a tile */
+#endif
+
+template <int NB>
+static __host__ __device__ constexpr size_t w4g_smem_bytes()
+{
+    return (size_t)W4G_XS * NB * 8 * 128 + 1024; /* + 1 KB to align to 1024 */
+}
 
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* A wgmma shared-memory matrix descriptor: K-major rows of 128 bytes with
@@ -1136,33 +1150,53 @@ static __device__ __forceinline__ void fence_proxy_async(void)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-/* Keeps the accumulators where the asynchronous wgmma writes them. */
+/* Keeps registers that an asynchronous wgmma reads or writes where they are
+ * (the compiler sees the asm as done when issued). */
+template <int N>
 static __device__ __forceinline__ void wg_hold(float *d)
 {
 #pragma unroll
-    for (int i = 0; i < 64; i++)
+    for (int i = 0; i < N; i++)
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
-/* D[64 x 128] += A[64 x 16] B[16 x 128], both from shared memory (K-major,
- * 128-byte swizzle); fp32 accumulators in d, the m64nNk16 fragment: warp w
- * of the group holds rows 16w + g (d[4j], d[4j + 1]) and 16w + g + 8 (d[4j +
- * 2], d[4j + 3]), columns 8j + 2tq and + 1. */
-static __device__ __forceinline__ void wg_mma_64x128x16(float *d, uint64_t da, uint64_t db)
+static __device__ __forceinline__ void wg_hold_a(uint32_t (*a)[4])
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            asm volatile("" : "+r"(a[i][j])::"memory");
+}
+
+/* D[64 x n] += A[64 x 16] B[16 x n]: A from registers (warp w of the group:
+ * rows 16w.., the m16n8k16 A fragment), B from shared memory (K-major,
+ * 128-byte swizzle); fp32 accumulators d[4j .. 4j + 3] = rows 16w + g (j0,
+ * j1) and + 8 (j2, j3), columns 8j + 2tq and + 1. */
+static __device__ __forceinline__ void wg_mma_rs_n32(float *d, const uint32_t *a, uint64_t db)
 {
     asm volatile("{\n"
                  ".reg .pred p;\n"
-                 "setp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, "
-                 "%8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, "
-                 "%24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, "
-                 "%40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, "
-                 "%56, %57, %58, %59, %60, %61, %62, %63"
-                 "}, %64, %65, p, 1, 1, 0, 0;\n"
+                 "setp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+                 "}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+static __device__ __forceinline__ void wg_mma_rs_n64(float *d, const uint32_t *a, uint64_t db)
+{
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "setp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n"
                  "}\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
                    "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
@@ -1171,83 +1205,76 @@ static __device__ __forceinline__ void wg_mma_64x128x16(float *d, uint64_t da, u
                    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
                    "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
                    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
-                   "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "l"(da), "l"(db), "r"(1));
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-/* Byte offset of the 4-byte pair (row n, k .. k + 1) in a K-major tile of
- * 64 k with the 128-byte swizzle (16-byte chunk c of row n at c ^ (n & 7)). */
-static __device__ __forceinline__ uint32_t wg_off(int n, int k)
+template <int NB>
+static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, uint64_t db)
 {
-    return (uint32_t)(n * 128 + ((((k >> 3) ^ (n & 7)) & 7) << 4) + (k & 7) * 2);
+    if (NB == 4)
+        wg_mma_rs_n32(d, a, db);
+    else
+        wg_mma_rs_n64(d, a, db);
 }
 #endif
 
-__global__ void __launch_bounds__(128, 2)
+template <int NB>
+__global__ void __launch_bounds__(256, 2)
     w4a16_wg_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                     const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
                     __half *__restrict__ y, int ldy, float *__restrict__ part,
                     size_t part_counters_off)
 {
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(NB == 4 || NB == 8, "n = 32 or 64");
+    constexpr int ROWS = NB * 8, STAGE = ROWS * 128, U = W4G_U;
     pdl_trigger();
     extern __shared__ __align__(16) unsigned char w4g_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(w4g_raw);
-    const uint32_t base = (raw + 1023u) & ~1023u; /* the swizzle repeats every 1024 bytes */
-    unsigned char *gbase = w4g_raw + (base - raw);
-    const uint32_t sx0 = base, sb0 = base + W4G_XS * 8192;
+    const uint32_t sx0 = (raw + 1023u) & ~1023u; /* the swizzle repeats every 1024 bytes */
+    unsigned char *gx0 = w4g_raw + (sx0 - raw);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tq = lane & 3;
     const int kt_count = K / 64;
     const int kt0 = blockIdx.y * kt_per_split;
     const int n_kt = min(kt0 + kt_per_split, kt_count) - kt0;
 
-    /* This warp's 16-column tiles nt and nt + 1; the lane's columns in the
-     * block: n0 = 32 warp + g, n0 + 8 (tile nt), n0 + 16, n0 + 24 (nt + 1). */
-    const int nt = blockIdx.x * 8 + warp * 2, n0 = warp * 32 + g;
-    const uint4 *srcA = qw + ((int64_t)nt * kt_count + kt0) * 32 + lane;
-    const uint4 *srcB = srcA + (int64_t)kt_count * 32;
-    const __half2 *szc = sz + nt * 16 + g;
-    uint4 wa[W4G_U], wb[W4G_U];
-    __half2 sv[W4G_U][4];
+    /* As the rows kernel: warp = 16-column tile nt, columns col0 and + 8. */
+    const int nt = blockIdx.x * 8 + warp, col0 = nt * 16 + g;
+    const uint4 *src = qw + ((int64_t)nt * kt_count + kt0) * 32 + lane;
+    const __half2 *szc = sz + col0;
+    uint4 buf[U];
+    __half2 sv0[U], sv1[U];
 #pragma unroll
-    for (int u = 0; u < W4G_U; u++)
+    for (int u = 0; u < U; u++)
         if (u < n_kt) {
             const __half2 *p = szc + (size_t)((kt0 + u) >> tiles_shift) * N;
-            wa[u] = ld_stream(srcA + u * 32);
-            wb[u] = ld_stream(srcB + u * 32);
-            sv[u][0] = __ldg(p);
-            sv[u][1] = __ldg(p + 8);
-            sv[u][2] = __ldg(p + 16);
-            sv[u][3] = __ldg(p + 24);
+            buf[u] = ld_stream(src + u * 32);
+            sv0[u] = __ldg(p);
+            sv1[u] = __ldg(p + 8);
         }
 
     pdl_wait(); /* x comes from the kernel before */
-    /* Rows M..63 of every x stage stay zero (the copies write rows < M). */
-    for (int idx = tid; idx < W4G_XS * (64 - M) * 8; idx += 128) {
-        const int st = idx / ((64 - M) * 8), rem = idx % ((64 - M) * 8);
-        *reinterpret_cast<uint4 *>(gbase + st * 8192 + (M + (rem >> 3)) * 128 + (rem & 7) * 16) =
+    /* Rows M.. of every stage stay zero (the copies write rows < M); they
+     * only reach accumulators of rows that are not stored. */
+    for (int idx = tid; idx < W4G_XS * (ROWS - M) * 8; idx += 256) {
+        const int st = idx / ((ROWS - M) * 8), rem = idx % ((ROWS - M) * 8);
+        *reinterpret_cast<uint4 *>(gx0 + st * STAGE + (M + (rem >> 3)) * 128 + (rem & 7) * 16) =
             make_uint4(0, 0, 0, 0);
     }
-    /* x: thread tid copies 16-byte chunk tid & 7 of rows tid / 8 + 16i. */
+    /* x: thread tid copies 16-byte chunk tid & 7 of rows tid / 8 + 32i. */
     const int xr = tid >> 3, xc = tid & 7;
+    const __half *xg = x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8;
     auto stage_x = [&](int kt) {
         if (kt < n_kt) {
-            const uint32_t st = sx0 + (uint32_t)(kt % W4G_XS) * 8192;
+            const uint32_t st = sx0 + (uint32_t)(kt % W4G_XS) * STAGE;
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int r = xr + 16 * i;
+            for (int i = 0; i < ROWS / 32; i++) {
+                const int r = xr + 32 * i;
                 if (r < M)
                     cp_async16_at(st + r * 128 + ((xc ^ (r & 7)) << 4),
-                                  x + (int64_t)r * ldx + (int64_t)(kt0 + kt) * 64 + xc * 8, 16);
+                                  xg + (int64_t)32 * i * ldx + (int64_t)kt * 64, 16);
             }
         }
         cp_async_commit(); /* one group per tile, empty past the slice */
@@ -1256,93 +1283,60 @@ __global__ void __launch_bounds__(128, 2)
     stage_x(1);
 
     const __half2 h960 = __float2half2_rn(960.0f), h16th = __float2half2_rn(0.0625f);
-    float d[64];
+    float d[NB * 4];
 #pragma unroll
-    for (int i = 0; i < 64; i++)
+    for (int i = 0; i < NB * 4; i++)
         d[i] = 0.0f;
+    uint32_t a[2][4][4]; /* [tile & 1][k16 step][fragment] */
 
-    for (int base_kt = 0; base_kt < n_kt; base_kt += W4G_U) {
+    for (int base_kt = 0; base_kt < n_kt; base_kt += U) {
 #pragma unroll
-        for (int u = 0; u < W4G_U; u++) {
+        for (int u = 0; u < U; u++) {
             const int kt = base_kt + u;
             if (kt >= n_kt)
                 break;
-            wg_wait<1>(); /* this warp's part of tile kt - 2 is done */
+            wg_wait<W4G_INFLIGHT>(); /* at least tile kt - 2 is done: set u & 1 is free */
+            wg_hold_a(a[u & 1]);
             stage_x(kt + 2); /* its stage was last read by tile kt - 3 */
 
-            /* Dequantize tile kt into buffer kt % 3 (last read by kt - 3). */
-            unsigned char *bb = gbase + W4G_XS * 8192 + (kt % 3) * 16384;
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const uint4 w4 = half ? wb[u] : wa[u];
-                const uint32_t words[4] = {w4.x, w4.y, w4.z, w4.w};
-                const __half2 va = sv[u][half * 2], vb = sv[u][half * 2 + 1];
-                const __half2 z0 = __high2half2(va), z1 = __high2half2(vb);
-                const __half2 zs0 = __hsub2(h960, z0), zs1 = __hsub2(h960, z1);
-                const __half2 s0 = __low2half2(va), s1 = __low2half2(vb);
-                const int n = n0 + half * 16;
-#pragma unroll
-                for (int ks = 0; ks < 4; ks++) {
-                    __half2 a2[4];
-                    w4_pairs(words[ks], z0, z1, zs0, zs1, h16th, a2);
-                    const int k = ks * 16 + tq * 2;
-                    /* a2[0], a2[2]: column n, k and k + 8; a2[1], a2[3]: n + 8 */
-                    *reinterpret_cast<__half2 *>(bb + wg_off(n, k)) = __hmul2(a2[0], s0);
-                    *reinterpret_cast<__half2 *>(bb + wg_off(n, k + 8)) = __hmul2(a2[2], s0);
-                    *reinterpret_cast<__half2 *>(bb + wg_off(n + 8, k)) = __hmul2(a2[1], s1);
-                    *reinterpret_cast<__half2 *>(bb + wg_off(n + 8, k + 8)) = __hmul2(a2[3], s1);
-                }
+            const uint32_t words[4] = {buf[u].x, buf[u].y, buf[u].z, buf[u].w};
+            const __half2 z0 = __high2half2(sv0[u]), z1 = __high2half2(sv1[u]);
+            const __half2 zs0 = __hsub2(h960, z0), zs1 = __hsub2(h960, z1);
+            const __half2 s0 = __low2half2(sv0[u]), s1 = __low2half2(sv1[u]);
+            if (kt + U < n_kt) {
+                const __half2 *p = szc + (size_t)((kt0 + kt + U) >> tiles_shift) * N;
+                buf[u] = ld_stream(src + (kt + U) * 32);
+                sv0[u] = __ldg(p);
+                sv1[u] = __ldg(p + 8);
             }
-            if (kt + W4G_U < n_kt) {
-                const __half2 *p = szc + (size_t)((kt0 + kt + W4G_U) >> tiles_shift) * N;
-                wa[u] = ld_stream(srcA + (kt + W4G_U) * 32);
-                wb[u] = ld_stream(srcB + (kt + W4G_U) * 32);
-                sv[u][0] = __ldg(p);
-                sv[u][1] = __ldg(p + 8);
-                sv[u][2] = __ldg(p + 16);
-                sv[u][3] = __ldg(p + 24);
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                __half2 a2[4];
+                w4_pairs(words[kk], z0, z1, zs0, zs1, h16th, a2);
+                /* a[0], a[2]: column col0; a[1], a[3]: col0 + 8 */
+                a[u & 1][kk][0] = h2_as_u32(__hmul2(a2[0], s0));
+                a[u & 1][kk][1] = h2_as_u32(__hmul2(a2[1], s1));
+                a[u & 1][kk][2] = h2_as_u32(__hmul2(a2[2], s0));
+                a[u & 1][kk][3] = h2_as_u32(__hmul2(a2[3], s1));
             }
 
             cp_async_wait_pending<2>(); /* x of tile kt (two younger groups may fly) */
             fence_proxy_async();
             __syncthreads();
 
-            const uint32_t xa = sx0 + (uint32_t)(kt % W4G_XS) * 8192;
-            const uint32_t wbuf = sb0 + (uint32_t)(kt % 3) * 16384;
+            const uint32_t xs = sx0 + (uint32_t)(kt % W4G_XS) * STAGE;
             wg_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                wg_mma_64x128x16(d, wg_desc(xa + kk * 32), wg_desc(wbuf + kk * 32));
+                wg_mma_rs<NB>(d, a[u & 1][kk], wg_desc(xs + kk * 32));
             wg_commit();
-            wg_hold(d);
+            wg_hold<NB * 4>(d);
         }
     }
     wg_wait<0>();
-    wg_hold(d);
-
-    /* Row r = 16 warp + g (+ 8), column 8j + 2tq (+ 1) of the block. */
-    const int col_base = blockIdx.x * 128 + tq * 2;
-#pragma unroll
-    for (int j = 0; j < 16; j++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = warp * 16 + g + h * 8, col = col_base + j * 8;
-            if (r >= M)
-                continue;
-            if (part)
-                *reinterpret_cast<float2 *>(part + ((int64_t)blockIdx.y * M + r) * N + col) =
-                    make_float2(d[j * 4 + h * 2], d[j * 4 + h * 2 + 1]);
-            else
-                *reinterpret_cast<__half2 *>(y + (int64_t)r * ldy + col) =
-                    __floats2half2_rn(d[j * 4 + h * 2], d[j * 4 + h * 2 + 1]);
-        }
-    if (part) {
-        /* Every warp wrote part of each 16-column tile: all of them first. */
-        __threadfence();
-        __syncthreads();
-        w4_reduce_last_split<4, 2>(part, part_counters_off, M, N, nt, lane, y, ldy);
-        w4_reduce_last_split<4, 2>(part, part_counters_off, M, N, nt + 1, lane, y, ldy);
-    }
+    wg_hold<NB * 4>(d);
+    w4_store<NB>(reinterpret_cast<const float(*)[4]>(d), M, N, col0, tq, nt, lane, y, ldy, part,
+                 part_counters_off);
 #endif
 }
 
@@ -1357,8 +1351,10 @@ static int w4g_enabled(void)
         const char *e = getenv("QWEN3_BATCH_W4_WG");
         on = !(e && *e == '0') && q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
              q3_dev_attr(cudaDevAttrComputeCapabilityMinor, 0) == 0;
-        if (on && cudaFuncSetAttribute(w4a16_wg_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       W4G_SMEM) != cudaSuccess)
+        if (on && (cudaFuncSetAttribute(w4a16_wg_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)w4g_smem_bytes<4>()) != cudaSuccess ||
+                   cudaFuncSetAttribute(w4a16_wg_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)w4g_smem_bytes<8>()) != cudaSuccess))
             on = 0;
         cudaGetLastError();
 #else
@@ -1383,8 +1379,12 @@ static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, c
     if (sp > 1 && (size_t)sp * M * N > part_floats - W4_COUNTERS)
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
-    return q3_launch(w4a16_wg_kernel, dim3(N / 128, sp), dim3(128), W4G_SMEM, s, x, M, ldx, qw, sz,
-                     K, N, sh, kps, y, ldy, sp > 1 ? part : NULL, part_floats - W4_COUNTERS);
+    float *p = sp > 1 ? part : NULL;
+    if (M <= 32)
+        return q3_launch(w4a16_wg_kernel<4>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<4>(), s, x,
+                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+    return q3_launch(w4a16_wg_kernel<8>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<8>(), s, x, M,
+                     ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
 }
 
 template <int MT, int WARPS, int STAGES>
