@@ -1007,6 +1007,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     w4_store<NB>(acc, M, N, col0, tq, nt, lane, y, ldy, part, part_counters_off);
 }
 
+#define W4G_MAX_SPLITS 8 /* splits of K of the 17-64 row kernels at most */
+
 /* Splits of K for the rows kernel: about three blocks per SM, at least 8
  * tiles each (the partial sums of 64 rows cost 2 x 256 bytes per column
  * per split). Depends on K, N and the GPU only. */
@@ -1022,11 +1024,28 @@ static int w4r_warps(void)
     return w;
 }
 
+/* QWEN3_BATCH_W4R_SPLITS=1..8 forces the splits of the 17-64 row kernels
+ * (rows and wgmma), for measurements; 0 where unset. */
+static int w4r_forced_splits(void)
+{
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("QWEN3_BATCH_W4R_SPLITS");
+        forced = e ? atoi(e) : 0;
+        if (forced < 0 || forced > W4G_MAX_SPLITS)
+            forced = 0;
+    }
+    return forced;
+}
+
 static int w4r_splits(int K, int N, int n_sm)
 {
     /* Resident blocks per SM: 3 of 4 warps, 2 of 8 (registers and x stages). */
     const int wp = w4r_warps(), kt = K / 64, col_blocks = (N / 16 + wp - 1) / wp;
     const long slots = (long)n_sm * (wp == 8 ? 2 : 3);
+    const int forced = w4r_forced_splits();
+    if (forced)
+        return forced < kt ? forced : kt;
     /* time ~ waves x (tiles per block + ~4 to fill the ring and stage x) */
     int best = 1;
     long best_cost = -1;
@@ -1173,6 +1192,33 @@ static __device__ __forceinline__ void wg_hold_a(uint32_t (*a)[4])
  * rows 16w.., the m16n8k16 A fragment), B from shared memory (K-major,
  * 128-byte swizzle); fp32 accumulators d[4j .. 4j + 3] = rows 16w + g (j0,
  * j1) and + 8 (j2, j3), columns 8j + 2tq and + 1. */
+static __device__ __forceinline__ void wg_mma_rs_n8(float *d, const uint32_t *a, uint64_t db)
+{
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "setp.ne.b32 p, %9, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n"
+                 "}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+static __device__ __forceinline__ void wg_mma_rs_n16(float *d, const uint32_t *a, uint64_t db)
+{
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "setp.ne.b32 p, %13, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n"
+                 "}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
 static __device__ __forceinline__ void wg_mma_rs_n32(float *d, const uint32_t *a, uint64_t db)
 {
     asm volatile("{\n"
@@ -1212,7 +1258,11 @@ static __device__ __forceinline__ void wg_mma_rs_n64(float *d, const uint32_t *a
 template <int NB>
 static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, uint64_t db)
 {
-    if (NB == 4)
+    if (NB == 1)
+        wg_mma_rs_n8(d, a, db);
+    else if (NB == 2)
+        wg_mma_rs_n16(d, a, db);
+    else if (NB == 4)
         wg_mma_rs_n32(d, a, db);
     else
         wg_mma_rs_n64(d, a, db);
@@ -1227,7 +1277,7 @@ __global__ void __launch_bounds__(256, 2)
                     size_t part_counters_off)
 {
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    static_assert(NB == 4 || NB == 8, "n = 32 or 64");
+    static_assert(NB == 1 || NB == 2 || NB == 4 || NB == 8, "n = 8, 16, 32 or 64");
     constexpr int ROWS = NB * 8, STAGE = ROWS * 128, U = W4G_U;
     pdl_trigger();
     extern __shared__ __align__(16) unsigned char w4g_raw[];
@@ -1270,7 +1320,7 @@ __global__ void __launch_bounds__(256, 2)
         if (kt < n_kt) {
             const uint32_t st = sx0 + (uint32_t)(kt % W4G_XS) * STAGE;
 #pragma unroll
-            for (int i = 0; i < ROWS / 32; i++) {
+            for (int i = 0; i < (ROWS + 31) / 32; i++) {
                 const int r = xr + 32 * i;
                 if (r < M)
                     cp_async16_at(st + r * 128 + ((xc ^ (r & 7)) << 4),
@@ -1364,6 +1414,38 @@ static int w4g_enabled(void)
     return on;
 }
 
+/* Splits of K for the wgmma kernel (2 blocks of 8 warps per SM, as the
+ * rows kernel), by rows as well: a block's time ~ its tiles + ~4 to fill
+ * the ring and stage x, the grid's ~ that times its waves, and each split
+ * adds partial sums of M x N floats, written and read back through L2, ~1/4
+ * of their bytes' worth of weight tiles. Fitted to a sweep of 1-8 splits
+ * (w4a16_bench, H100, 2026-12-06; us at 32 / 64 rows): down takes 6 (33.0 /
+ * 44.2 against 44.1 / 59.2 at the rows kernel's 4; 8 make two waves:
+ * 39.0 / 52.6), o 5-6 (14.5-14.9 / 20.1-20.4 against 16.9 / 22.6), qkv 4
+ * (17.2 / 23.0; 5 make two waves: 22.2 / 29.9), gate_up, already 4-5
+ * waves, 3-4 (64.8-66.2 / 91.5-94.9; 1: 77.8 / 104.9, 8: 80.1 / 122.5). */
+static int w4g_splits(int K, int N, int M, int n_sm)
+{
+    const int kt = K / 64, col_blocks = N / 128, forced = w4r_forced_splits();
+    if (forced)
+        return forced < kt ? forced : kt;
+    const double slots = 2.0 * n_sm, per_split = (double)M * col_blocks / (16.0 * slots);
+    int best = 1;
+    double best_cost = -1.0;
+    for (int sp = 1; sp <= W4G_MAX_SPLITS && sp <= kt / 8; sp++) {
+        const int kps = (kt + sp - 1) / sp;
+        if ((kt + kps - 1) / kps != sp)
+            continue;
+        const double waves = (double)(((long)col_blocks * sp + (long)slots - 1) / (long)slots);
+        const double cost = waves * (kps + 4) + sp * per_split;
+        if (best_cost < 0 || cost < best_cost - 1e-9) {
+            best_cost = cost;
+            best = sp;
+        }
+    }
+    return best;
+}
+
 /* Rows [0, M) (M <= 64; a chunk of a product of more than 16) through the wgmma kernel, with the rows
  * kernel's grid; cudaErrorNotSupported, having launched nothing, where it
  * does not apply. */
@@ -1375,11 +1457,17 @@ static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, c
     if (!w4g_enabled() || M > 64 || N % 128 || w4r_warps() != 8 || group % 64 ||
         (tiles_per_group & (tiles_per_group - 1)) || N / 16 > W4_COUNTERS)
         return cudaErrorNotSupported;
-    const int kt = K / 64, sp = w4r_splits(K, N, n_sm), kps = (kt + sp - 1) / sp;
+    const int kt = K / 64, sp = w4g_splits(K, N, M, n_sm), kps = (kt + sp - 1) / sp;
     if (sp > 1 && (size_t)sp * M * N > part_floats - W4_COUNTERS)
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
+    if (M <= 8)
+        return q3_launch(w4a16_wg_kernel<1>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<1>(), s, x,
+                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+    if (M <= 16)
+        return q3_launch(w4a16_wg_kernel<2>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<2>(), s, x,
+                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
     if (M <= 32)
         return q3_launch(w4a16_wg_kernel<4>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<4>(), s, x,
                          M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
@@ -1572,6 +1660,11 @@ extern "C" size_t cu_w4a16_part_floats(int K, int N, int n_sm)
     const int sp1 = w4s_splits(K, N, n_sm, 1), sp2 = w4s_splits(K, N, n_sm, 2);
     size_t small = (size_t)(sp1 > sp2 ? sp1 : sp2) * W4S_MAX_ROWS * N;
     size_t rows = (size_t)w4r_splits(K, N, n_sm) * 64 * N;
+    if (w4g_enabled())
+        for (int m = 17; m <= 64; m++) {
+            const size_t wg = (size_t)w4g_splits(K, N, m, n_sm) * m * N;
+            rows = wg > rows ? wg : rows;
+        }
     size_t most = mma > small ? mma : small;
     return (most > rows ? most : rows) + W4_COUNTERS;
 }
