@@ -1109,20 +1109,28 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  * register operand A (m64: the 64 columns of a warpgroup, each warp's
  * fragment exactly the mma.sync A fragment the rows kernel builds) and x as
  * B from shared memory (n = 32 or 64 batch rows, K-major, 128-byte
- * swizzle), so a warp dequantizes tile kt + 1 while the tensor cores
- * multiply tile kt, and the accumulators are the rows kernel's (w4_store).
+ * swizzle); the accumulators are the rows kernel's (w4_store). A warp
+ * waits for its tile's wgmma at the top of the next tile (wait_group
+ * W4G_INFLIGHT = 0), so dequantization and the tensor cores overlap across
+ * the four warpgroups of an SM, not within one.
  *   x: W4G_XS stages of n rows x 64 k, cp.async, 2 tiles ahead;
- *   A: two register sets, tile kt in set kt & 1, rewritten only after
- *      wgmma.wait_group(1) at tile kt + 2 has retired tile kt.
+ *   A: two register sets, tile kt in set kt & 1.
  * x stages written 3 tiles behind their readers need one barrier per tile:
- * a warp's wait_group(1) at tile kt covers its warpgroup's tile kt - 2, and
- * the barrier of tile kt - 1 came after every warp's wait of that tile, so
- * both warpgroups are done with tile kt - 3.
+ * a warp's wait at tile kt covers its warpgroup's tile kt - 2 (and kt - 1),
+ * and the barrier of tile kt - 1 came after every warp's wait of that tile,
+ * so both warpgroups are done with tile kt - 3.
  *
- * A first version (one warpgroup per block, weights dequantized into
- * shared memory as B, x as A padded to 64 rows, m64n128k16) was slower
- * than the rows kernel at 32 rows (gate_up 94.5 against 83.9 us) and ahead
- * by 4-15% at 64 (w4a16_bench, H100, 2026-12-06).
+ * Measured and dropped (w4a16_bench, H100, 2026-12-06; us at 32 / 64 rows,
+ * against this kernel's):
+ * - one tile left in flight (wait_group 1): ptxas serializes the wgmma
+ *   anyway (C7513: registers that a wgmma reads defined while one runs):
+ *   gate_up 70.6 / 121.5 against 66.6 / 95.5;
+ * - a commit group per k16 step, step kk + 1 dequantized under step kk and
+ *   wait_group(3) (no C7513): down 47.5 / 46.8 against 32.7 / 43.8, qkv
+ *   23.7 / 23.8 against 17.1 / 22.9;
+ * - one warpgroup per block, weights dequantized into shared memory as B,
+ *   x as A padded to 64 rows (m64n128k16): gate_up 94.5 at 32 rows against
+ *   the rows kernel's 83.9, 4-15% ahead of it at 64.
  */
 #define W4G_XS 5 /* x stages */
 #define W4G_U 4  /* weight tiles in flight per thread (the ring) */
