@@ -1200,33 +1200,6 @@ static __device__ __forceinline__ void wg_hold_a(uint32_t (*a)[4])
  * rows 16w.., the m16n8k16 A fragment), B from shared memory (K-major,
  * 128-byte swizzle); fp32 accumulators d[4j .. 4j + 3] = rows 16w + g (j0,
  * j1) and + 8 (j2, j3), columns 8j + 2tq and + 1. */
-static __device__ __forceinline__ void wg_mma_rs_n8(float *d, const uint32_t *a, uint64_t db)
-{
-    asm volatile("{\n"
-                 ".reg .pred p;\n"
-                 "setp.ne.b32 p, %9, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n"
-                 "}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-static __device__ __forceinline__ void wg_mma_rs_n16(float *d, const uint32_t *a, uint64_t db)
-{
-    asm volatile("{\n"
-                 ".reg .pred p;\n"
-                 "setp.ne.b32 p, %13, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7}, "
-                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n"
-                 "}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
 static __device__ __forceinline__ void wg_mma_rs_n32(float *d, const uint32_t *a, uint64_t db)
 {
     asm volatile("{\n"
@@ -1266,11 +1239,7 @@ static __device__ __forceinline__ void wg_mma_rs_n64(float *d, const uint32_t *a
 template <int NB>
 static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, uint64_t db)
 {
-    if (NB == 1)
-        wg_mma_rs_n8(d, a, db);
-    else if (NB == 2)
-        wg_mma_rs_n16(d, a, db);
-    else if (NB == 4)
+    if (NB == 4)
         wg_mma_rs_n32(d, a, db);
     else
         wg_mma_rs_n64(d, a, db);
@@ -1285,7 +1254,7 @@ __global__ void __launch_bounds__(256, 2)
                     size_t part_counters_off)
 {
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    static_assert(NB == 1 || NB == 2 || NB == 4 || NB == 8, "n = 8, 16, 32 or 64");
+    static_assert(NB == 4 || NB == 8, "n = 32 or 64 rows");
     constexpr int ROWS = NB * 8, STAGE = ROWS * 128, U = W4G_U;
     pdl_trigger();
     extern __shared__ __align__(16) unsigned char w4g_raw[];
@@ -1328,7 +1297,7 @@ __global__ void __launch_bounds__(256, 2)
         if (kt < n_kt) {
             const uint32_t st = sx0 + (uint32_t)(kt % W4G_XS) * STAGE;
 #pragma unroll
-            for (int i = 0; i < (ROWS + 31) / 32; i++) {
+            for (int i = 0; i < ROWS / 32; i++) {
                 const int r = xr + 32 * i;
                 if (r < M)
                     cp_async16_at(st + r * 128 + ((xc ^ (r & 7)) << 4),
@@ -1454,9 +1423,12 @@ static int w4g_splits(int K, int N, int M, int n_sm)
     return best;
 }
 
-/* Rows [0, M) (M <= 64; a chunk of a product of more than 16) through the wgmma kernel, with the rows
- * kernel's grid; cudaErrorNotSupported, having launched nothing, where it
- * does not apply. */
+/* Rows [0, M) (M <= 64; a chunk of a product of more than 16 rows, or of
+ * any product where the small kernel is off) through the wgmma kernel,
+ * with the rows kernel's column blocks and splits of its own (n = 32 for
+ * up to 32 rows: for 1-16 rows n = 8 and 16 were slower than the small
+ * kernel, docs/PERF-cuda.md); cudaErrorNotSupported, having launched
+ * nothing, where it does not apply. */
 static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, const __half2 *sz,
                              int K, int N, int group, __half *y, int ldy, float *part,
                              size_t part_floats, int n_sm, cudaStream_t s)
@@ -1470,12 +1442,6 @@ static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, c
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
-    if (M <= 8)
-        return q3_launch(w4a16_wg_kernel<1>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<1>(), s, x,
-                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
-    if (M <= 16)
-        return q3_launch(w4a16_wg_kernel<2>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<2>(), s, x,
-                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
     if (M <= 32)
         return q3_launch(w4a16_wg_kernel<4>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<4>(), s, x,
                          M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
