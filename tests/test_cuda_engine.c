@@ -210,9 +210,9 @@ static int score(eng *e, const int32_t *toks, int n, float *out)
     return rc;
 }
 
-/* Greedy generation of n_new tokens after a prompt, on one sequence. */
-/* Greedy tokens; with margin, also each step's gap between the two largest
- * logits over the largest magnitude (how near the choice was to a tie). */
+/* Greedy generation of n_new tokens after a prompt, on one sequence; with
+ * margin, also each step's gap between the two largest logits over the
+ * largest magnitude (how near the choice was to a tie). */
 static int generate_m(eng *e, int V, const int32_t *prompt, int n_prompt, int n_new, int32_t *out,
                       float *margin)
 {
