@@ -1133,7 +1133,12 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  *   the rows kernel's 83.9, 4-15% ahead of it at 64.
  */
 #define W4G_XS 5 /* x stages */
-#define W4G_U 4  /* weight tiles in flight per thread (the ring) */
+#ifndef W4G_U
+#define W4G_U 4 /* weight tiles in flight per thread (the ring; -D for experiments) */
+#endif
+#ifndef W4G_BLOCKS
+#define W4G_BLOCKS 2 /* blocks per SM the launch bounds ask for (-D for experiments) */
+#endif
 #ifndef W4G_INFLIGHT
 #define W4G_INFLIGHT 0 /* wgmma groups left in flight at the top of a tile */
 #endif
@@ -1247,7 +1252,7 @@ static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, ui
 #endif
 
 template <int NB>
-__global__ void __launch_bounds__(256, 2)
+__global__ void __launch_bounds__(256, W4G_BLOCKS)
     w4a16_wg_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                     const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
                     __half *__restrict__ y, int ldy, float *__restrict__ part,
@@ -1391,22 +1396,24 @@ static int w4g_enabled(void)
     return on;
 }
 
-/* Splits of K for the wgmma kernel (2 blocks of 8 warps per SM, as the
- * rows kernel), by rows as well: a block's time ~ its tiles + ~4 to fill
- * the ring and stage x, the grid's ~ that times its waves, and each split
- * adds partial sums of M x N floats, written and read back through L2, ~1/4
- * of their bytes' worth of weight tiles. Fitted to a sweep of 1-8 splits
- * (w4a16_bench, H100, 2026-12-06; us at 32 / 64 rows): down takes 6 (33.0 /
- * 44.2 against 44.1 / 59.2 at the rows kernel's 4; 8 make two waves:
+/* Splits of K for the wgmma kernel (W4G_BLOCKS = 2 blocks of 8 warps per SM,
+ * as the rows kernel), by rows as well: a block's time ~ its tiles + ~4 to
+ * fill the ring and stage x, the grid's ~ that times its waves, and each
+ * split adds partial sums of M x N floats, written and read back through L2,
+ * ~1/4 of their bytes' worth of weight tiles. Fitted to a sweep of 1-8
+ * splits (w4a16_bench, H100, 2026-12-06; us at 32 / 64 rows): down takes 6
+ * (33.0 / 44.2 against 44.1 / 59.2 at the rows kernel's 4; 8 make two waves:
  * 39.0 / 52.6), o 5-6 (14.5-14.9 / 20.1-20.4 against 16.9 / 22.6), qkv 4
- * (17.2 / 23.0; 5 make two waves: 22.2 / 29.9), gate_up, already 4-5
- * waves, 3-4 (64.8-66.2 / 91.5-94.9; 1: 77.8 / 104.9, 8: 80.1 / 122.5). */
+ * (17.2 / 23.0; 5 make two waves: 22.2 / 29.9), gate_up, already 4-5 waves,
+ * 3-4 (64.8-66.2 / 91.5-94.9; 1: 77.8 / 104.9, 8: 80.1 / 122.5).
+ */
 static int w4g_splits(int K, int N, int M, int n_sm)
 {
     const int kt = K / 64, col_blocks = N / 128, forced = w4r_forced_splits();
     if (forced)
         return forced < kt ? forced : kt;
-    const double slots = 2.0 * n_sm, per_split = (double)M * col_blocks / (16.0 * slots);
+    const double slots = (double)W4G_BLOCKS * n_sm;
+    const double per_split = (double)M * col_blocks / (16.0 * slots);
     int best = 1;
     double best_cost = -1.0;
     for (int sp = 1; sp <= W4G_MAX_SPLITS && sp <= kt / 8; sp++) {
