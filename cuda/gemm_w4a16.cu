@@ -1110,9 +1110,9 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  * fragment exactly the mma.sync A fragment the rows kernel builds) and x as
  * B from shared memory (n = 32 or 64 batch rows, K-major, 128-byte
  * swizzle); the accumulators are the rows kernel's (w4_store). A warp
- * waits for its tile's wgmma at the top of the next tile (wait_group
- * W4G_INFLIGHT = 0), so dequantization and the tensor cores overlap across
- * the four warpgroups of an SM, not within one.
+ * waits for its tile's wgmma at the top of the next tile (wait_group 0),
+ * so dequantization and the tensor cores overlap across the four
+ * warpgroups of an SM, not within one.
  *   x: W4G_XS stages of n rows x 64 k, cp.async, 2 tiles ahead;
  *   A: two register sets, tile kt in set kt & 1.
  * x stages written 3 tiles behind their readers need one barrier per tile:
@@ -1138,9 +1138,6 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
 #endif
 #ifndef W4G_BLOCKS
 #define W4G_BLOCKS 2 /* blocks per SM the launch bounds ask for (-D for experiments) */
-#endif
-#ifndef W4G_INFLIGHT
-#define W4G_INFLIGHT 0 /* wgmma groups left in flight at the top of a tile */
 #endif
 
 template <int NB>
@@ -1327,7 +1324,7 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
             const int kt = base_kt + u;
             if (kt >= n_kt)
                 break;
-            wg_wait<W4G_INFLIGHT>(); /* at least tile kt - 2 is done: set u & 1 is free */
+            wg_wait<0>(); /* the tile before is done: its registers and x stage are free */
             wg_hold_a(a[u & 1]);
             stage_x(kt + 2); /* its stage was last read by tile kt - 3 */
 
@@ -1397,23 +1394,25 @@ static int w4g_enabled(void)
 }
 
 /* Splits of K for the wgmma kernel (W4G_BLOCKS = 2 blocks of 8 warps per SM,
- * as the rows kernel), by rows as well: a block's time ~ its tiles + ~4 to
- * fill the ring and stage x, the grid's ~ that times its waves, and each
- * split adds partial sums of M x N floats, written and read back through L2,
- * ~1/4 of their bytes' worth of weight tiles. Fitted to a sweep of 1-8
- * splits (w4a16_bench, H100, 2026-12-06; us at 32 / 64 rows): down takes 6
- * (33.0 / 44.2 against 44.1 / 59.2 at the rows kernel's 4; 8 make two waves:
- * 39.0 / 52.6), o 5-6 (14.5-14.9 / 20.1-20.4 against 16.9 / 22.6), qkv 4
- * (17.2 / 23.0; 5 make two waves: 22.2 / 29.9), gate_up, already 4-5 waves,
- * 3-4 (64.8-66.2 / 91.5-94.9; 1: 77.8 / 104.9, 8: 80.1 / 122.5).
+ * as the rows kernel): a block's time ~ its tiles + ~4 to fill the ring and
+ * stage x, the grid's ~ that times its waves, and each split adds partial
+ * sums of 64 x N floats (costed at 64 rows whatever M is, so that the
+ * splits, and a row's sums, depend on K, N and the GPU only), written and
+ * read back through L2, ~1/4 of their bytes' worth of weight tiles. Fitted
+ * to a sweep of 1-8 splits (w4a16_bench, H100, 2026-12-06; us at 32 / 64
+ * rows): down takes 6 (33.0 / 44.2 against 44.1 / 59.2 at the rows
+ * kernel's 4; 8 make two waves: 39.0 / 52.6), o 6 (14.5 / 20.1 against 16.9
+ * / 22.6), qkv 4 (17.2 / 23.0; 5 make two waves: 22.2 / 29.9), gate_up,
+ * already 4-5 waves, 3 (64.8 / 91.5; 4: 66.2 / 94.9, 1: 77.8 / 104.9, 8:
+ * 80.1 / 122.5).
  */
-static int w4g_splits(int K, int N, int M, int n_sm)
+static int w4g_splits(int K, int N, int n_sm)
 {
     const int kt = K / 64, col_blocks = N / 128, forced = w4r_forced_splits();
     if (forced)
         return forced < kt ? forced : kt;
     const double slots = (double)W4G_BLOCKS * n_sm;
-    const double per_split = (double)M * col_blocks / (16.0 * slots);
+    const double per_split = 64.0 * col_blocks / (16.0 * slots);
     int best = 1;
     double best_cost = -1.0;
     for (int sp = 1; sp <= W4G_MAX_SPLITS && sp <= kt / 8; sp++) {
@@ -1444,7 +1443,7 @@ static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, c
     if (!w4g_enabled() || M > 64 || N % 128 || w4r_warps() != 8 || group % 64 ||
         (tiles_per_group & (tiles_per_group - 1)) || N / 16 > W4_COUNTERS)
         return cudaErrorNotSupported;
-    const int kt = K / 64, sp = w4g_splits(K, N, M, n_sm), kps = (kt + sp - 1) / sp;
+    const int kt = K / 64, sp = w4g_splits(K, N, n_sm), kps = (kt + sp - 1) / sp;
     if (sp > 1 && (size_t)sp * M * N > part_floats - W4_COUNTERS)
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
@@ -1640,12 +1639,8 @@ extern "C" size_t cu_w4a16_part_floats(int K, int N, int n_sm)
     size_t mma = (size_t)cu_w4a16_splits(K, N, n_sm) * w4_rows() * N;
     const int sp1 = w4s_splits(K, N, n_sm, 1), sp2 = w4s_splits(K, N, n_sm, 2);
     size_t small = (size_t)(sp1 > sp2 ? sp1 : sp2) * W4S_MAX_ROWS * N;
-    size_t rows = (size_t)w4r_splits(K, N, n_sm) * 64 * N;
-    if (w4g_enabled())
-        for (int m = 17; m <= 64; m++) {
-            const size_t wg = (size_t)w4g_splits(K, N, m, n_sm) * m * N;
-            rows = wg > rows ? wg : rows;
-        }
+    const int sp_rows = w4r_splits(K, N, n_sm), sp_wg = w4g_enabled() ? w4g_splits(K, N, n_sm) : 0;
+    size_t rows = (size_t)(sp_rows > sp_wg ? sp_rows : sp_wg) * 64 * N;
     size_t most = mma > small ? mma : small;
     return (most > rows ? most : rows) + W4_COUNTERS;
 }
