@@ -63,11 +63,8 @@ __global__ void rd_ktmajor(const uint4 *qw, int kt_count, int kps, int nt_count,
 
 __global__ void fill_x(__half *x, size_t n, uint32_t seed)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-        h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-        x[i] = __float2half((float)(h & 0xffff) / 32768.0f - 1.0f);
-    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = __float2half(hash_uniform(seed, i)); /* common.cuh, as the synthetic weights */
 }
 
 /* The wgmma kernel against the rows kernel on random x, at 17 and 64 rows:
