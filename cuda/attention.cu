@@ -204,14 +204,27 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
      * (cp.async); keys past the range are zero-filled so that 0 * V stays 0.
      * The loop has a fixed trip count and no division: address arithmetic
      * was most of the instructions a thread issued per tile. */
+    /* In a decode tile a warp's 16 keys are one page, whose index is loaded
+     * one tile ahead (dpage): loaded where it is used, its latency stalled
+     * the warp before every tile's copies. Only pages of keys in the range
+     * are read. */
+    static_assert(!DEC || KB / WARPS == ATT_PAGE, "a decode warp's keys are one page");
+    int dpage = DEC && w.key_begin + kw < w.key_end ? pages[sg.page0 + (w.key_begin + kw) / ATT_PAGE] : 0;
     auto issue = [&](int kb, int st) {
         const int32_t *pg = pages + sg.page0 + (kb + kw) / ATT_PAGE;
         const int n_ok = w.key_end - kb - kw - r; /* chunk i is a key if i * KSTEP < n_ok */
+        int page = 0;
+        if (DEC) {
+            page = dpage;
+            const int next = kb + KB + kw;
+            dpage = next < w.key_end ? pages[sg.page0 + next / ATT_PAGE] : 0;
+        }
 #pragma unroll
         for (int i = 0; i < NCH; i++) {
             const int key = kw + r + i * KSTEP;
             const bool ok = i * KSTEP < n_ok;
-            const int64_t el = ok ? pg[i * KSTEP / ATT_PAGE] * page_el + my_el + (i * KSTEP % ATT_PAGE) * D : 0;
+            const int pi = DEC ? page : (ok ? pg[i * KSTEP / ATT_PAGE] : 0);
+            const int64_t el = ok ? pi * page_el + my_el + (i * KSTEP % ATT_PAGE) * D : 0;
             if (!I8) {
                 const __half *base = (const __half *)kv.data;
                 __half *dK = sK0 + st * KB * LDS, *dV = sV0 + st * KB * LDS;
@@ -239,8 +252,9 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                 const __half *sc = (const __half *)kv.scales;
                 const __half *src = sc;
                 if (n > 0) {
-                    const int64_t pel = (int64_t)pages[sg.page0 + (kb + k0) / ATT_PAGE] * page_el + lay_el +
-                                        (isv ? v_el : 0);
+                    const int64_t pel =
+                        (int64_t)(DEC ? page : pages[sg.page0 + (kb + k0) / ATT_PAGE]) * page_el + lay_el +
+                        (isv ? v_el : 0);
                     src = sc + pel / D + k0 % ATT_PAGE;
                 }
                 cp_async16((isv ? sVs0 : sKs0) + st * KB + k0, src, 2 * n);
