@@ -110,8 +110,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     __half *sQ = sV0 + F16_STAGES * KB * LDS;
     int8_t *sK80 = reinterpret_cast<int8_t *>(sV0 + F16_STAGES * KB * LDS);
     int8_t *sV80 = sK80 + 2 * KB * D;
-    float *sKs0 = reinterpret_cast<float *>(sV80 + 2 * KB * D);
-    float *sVs0 = sKs0 + 2 * KB;
+    __half *sKs0 = reinterpret_cast<__half *>(sV80 + 2 * KB * D); /* int8 scales, as stored */
+    __half *sVs0 = sKs0 + 2 * KB;
     pdl_trigger();
     const cu_attn_work w = works[blockIdx.x];
     if (w.seg < 0)
@@ -196,21 +196,35 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
      * page and offset in it are (kw + i * KSTEP) / ATT_PAGE and
      * r + (i * KSTEP) % ATT_PAGE: constants but for kw and r. */
     const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
-    const int64_t my_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D + r * D + dc * 8;
+    const int64_t lay_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
+    const int64_t my_el = lay_el + r * D + dc * 8;
     const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
 
     /* Copies one K/V tile into a stage, every copy in flight at once
      * (cp.async); keys past the range are zero-filled so that 0 * V stays 0.
      * The loop has a fixed trip count and no division: address arithmetic
      * was most of the instructions a thread issued per tile. */
+    /* In a decode tile a warp's 16 keys are one page, whose index is loaded
+     * one tile ahead (dpage): loaded where it is used, its latency stalled
+     * the warp before every tile's copies. Only pages of keys in the range
+     * are read. */
+    static_assert(!DEC || KB / WARPS == ATT_PAGE, "a decode warp's keys are one page");
+    int dpage = DEC && w.key_begin + kw < w.key_end ? pages[sg.page0 + (w.key_begin + kw) / ATT_PAGE] : 0;
     auto issue = [&](int kb, int st) {
         const int32_t *pg = pages + sg.page0 + (kb + kw) / ATT_PAGE;
         const int n_ok = w.key_end - kb - kw - r; /* chunk i is a key if i * KSTEP < n_ok */
+        int page = 0;
+        if (DEC) {
+            page = dpage;
+            const int next = kb + KB + kw;
+            dpage = next < w.key_end ? pages[sg.page0 + next / ATT_PAGE] : 0;
+        }
 #pragma unroll
         for (int i = 0; i < NCH; i++) {
             const int key = kw + r + i * KSTEP;
             const bool ok = i * KSTEP < n_ok;
-            const int64_t el = ok ? pg[i * KSTEP / ATT_PAGE] * page_el + my_el + (i * KSTEP % ATT_PAGE) * D : 0;
+            const int pi = DEC ? page : (ok ? pg[i * KSTEP / ATT_PAGE] : 0);
+            const int64_t el = ok ? pi * page_el + my_el + (i * KSTEP % ATT_PAGE) * D : 0;
             if (!I8) {
                 const __half *base = (const __half *)kv.data;
                 __half *dK = sK0 + st * KB * LDS, *dV = sV0 + st * KB * LDS;
@@ -221,12 +235,29 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                 int8_t *dK = sK80 + st * KB * D, *dV = sV80 + st * KB * D;
                 cp_async8(dK + key * D + dc * 8, base + el, ok ? 8 : 0);
                 cp_async8(dV + key * D + dc * 8, base + el + v_el, ok ? 8 : 0);
-                if (dc == 0) {
-                    /* scales: one per (page, layer, kv, head, t), el / D */
-                    const __half *sc = (const __half *)kv.scales;
-                    sKs0[st * KB + key] = ok ? __half2float(sc[el / D]) : 0.0f;
-                    sVs0[st * KB + key] = ok ? __half2float(sc[(el + v_el) / D]) : 0.0f;
+            }
+        }
+        if (I8) {
+            /* Scales: one fp16 per (page, layer, kv, head, t), el / D, so a
+             * page's 16 keys have 32 contiguous bytes for K and as many for
+             * V. Copied like the tile, in 16-byte chunks of 8 keys (keys past
+             * the range zero-filled): plain loads here stalled the warp for
+             * a memory latency at every tile, before it multiplied the one it
+             * had. Chunk c: K (c even) or V of keys kw + 8 (c / 2).. */
+            constexpr int SC = (DEC ? KB / WARPS : KB) / 8 * 2;
+            const int c = DEC ? lane : (int)threadIdx.x;
+            if (c < SC) {
+                const int k0 = kw + 8 * (c >> 1), isv = c & 1;
+                const int n = min(max(w.key_end - kb - k0, 0), 8);
+                const __half *sc = (const __half *)kv.scales;
+                const __half *src = sc;
+                if (n > 0) {
+                    const int64_t pel =
+                        (int64_t)(DEC ? page : pages[sg.page0 + (kb + k0) / ATT_PAGE]) * page_el + lay_el +
+                        (isv ? v_el : 0);
+                    src = sc + pel / D + k0 % ATT_PAGE;
                 }
+                cp_async16((isv ? sVs0 : sKs0) + st * KB + k0, src, 2 * n);
             }
         }
         cp_async_commit();
@@ -248,7 +279,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
         __half *sK = sK0 + (F16_STAGES == 2 ? st : 0) * KB * LDS;
         __half *sV = sV0 + (F16_STAGES == 2 ? st : 0) * KB * LDS;
         const int8_t *sK8 = sK80 + st * KB * D, *sV8 = sV80 + st * KB * D;
-        const float *sKs = sKs0 + st * KB, *sVs = sVs0 + st * KB;
+        const __half *sKs = sKs0 + st * KB, *sVs = sVs0 + st * KB;
         if (I8) {
             /* int8 -> fp16 (K exact, its scale applied to S below):
              * 0x64XX is 1024 + XX in fp16, so with XX = b ^ 0x80 one byte
@@ -263,7 +294,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                                          vq.x ^ 0x80808080u, vq.y ^ 0x80808080u};
                 /* V is scaled here (P * scale could underflow fp16); K's scale
                  * goes on S in fp32. */
-                const __half2 vsc = __float2half2_rn(sVs[key]);
+                const __half2 vsc = __half2half2(sVs[key]);
                 uint32_t out[8];
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
@@ -321,7 +352,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
         if (I8) {
 #pragma unroll
             for (int nt = 0; nt < NTW; nt++) {
-                const float k0 = sKs[(nt0 + nt) * 8 + 2 * tq], k1 = sKs[(nt0 + nt) * 8 + 2 * tq + 1];
+                const float k0 = __half2float(sKs[(nt0 + nt) * 8 + 2 * tq]),
+                            k1 = __half2float(sKs[(nt0 + nt) * 8 + 2 * tq + 1]);
                 s[0][nt][0] *= k0;
                 s[0][nt][1] *= k1;
                 s[0][nt][2] *= k0;
