@@ -16,7 +16,9 @@
 #include "common.cuh"
 
 #include <math.h>
+#include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define ATT_KB 64
 #define ATT_PAGE 16 /* KV page size the kernels take (cuda_engine.c PAGE_SIZE) */
@@ -540,6 +542,380 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     }
 }
 
+/* Blocks per SM that attn_dec_kernel's registers are held to: 4 (at most
+ * 128 registers) where no spill results, else fewer. */
+static constexpr int attn_dec_blocks(bool i8, int nr, bool pf)
+{
+    return i8 ? (nr == 1 && !pf ? 4 : 3) : (nr == 1 && !pf ? 3 : 2);
+}
+
+/* Decode tiles straight from the cache into mma fragments, with no shared
+ * memory staging (attn_kernel's DEC path copies every page into shared
+ * memory and, for int8, writes it back there as fp16 before ldmatrix: ~1,100
+ * instructions per warp and 16-key page, and 168 registers, against ~250
+ * here). The roles of the operands are swapped so that the few rows of a
+ * decode tile (G <= 8 query heads of one KV head) take mma's n = 8 side:
+ *
+ *   S^T = K Q^T    A = 16 keys x 16 dims of K, B = Q^T (16 dims x 8 rows)
+ *   O^T = V^T P^T  A = 16 dims x 16 keys of V^T, B = P^T (16 keys x 8 rows)
+ *
+ * Sums over the head dims do not depend on their order, nor sums over keys
+ * on theirs, so both are permuted to make every thread's loads whole 16-byte
+ * runs of one key:
+ *   - S: thread (g, tq) takes keys 2g (A row g) and 2g + 1 (row g + 8), and
+ *     for k-step ks = 4c + s the dims 64c + 16tq + 4s.. + 3: 16 bytes per
+ *     key and 64 dims of int8 (Q's B fragments follow the same order);
+ *   - P: S^T's accumulators (keys 2g, 2g + 1; rows 2tq, 2tq + 1), packed to
+ *     fp16, are two 8 x 8 fragments whose transposes (movmatrix) are P^T's
+ *     B fragment with keys 4tq, 4tq + 2 | 4tq + 1, 4tq + 3 at k = 2tq,
+ *     2tq + 1 | 2tq + 8, 2tq + 9;
+ *   - V: so thread (g, tq) reads keys 4tq.. 4tq + 3, its own D / 8 dims
+ *     (D/8) g.. of each (A rows g, g + 8 of m-tile mt are dims (D/8) g + 2mt,
+ *     + 1), and pairs two keys' bytes per register with one byte permute;
+ *   - O^T: thread (g, tq) ends with rows 2tq, 2tq + 1 of dims (D/8) g.. .
+ * int8 bytes become fp16 in registers (0x64XX - 1152, as in attn_kernel);
+ * K's scales go on S in fp32, V's on P before it is rounded to fp16, times
+ * 64 so that small weights keep their precision (64 x 516, the largest
+ * scale an fp16 V can have, is below fp16's maximum); 1/64 goes into 1/L.
+ *
+ * Work is attn_kernel's decode work list: 4 warps, warp w takes keys
+ * 16w.. 16w + 15 (one page) of every 64-key tile with its own running
+ * softmax, loads the next tile's page while it multiplies this one (PF),
+ * and the warps merge through shared memory at the end. NR: 8-row tiles of
+ * rows (1: up to 8 rows, a decode step; 2: up to 16). */
+template <int D, bool I8, int NR, bool PF>
+__global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
+    attn_dec_kernel(const __half *__restrict__ q, __half *__restrict__ out,
+                    const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
+                    const int32_t *__restrict__ pages, cu_kv kv, int layer, int n_heads,
+                    float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse,
+                    const cu_attn_combine *__restrict__ comb, int *__restrict__ comb_counters)
+{
+    constexpr int E = I8 ? 1 : 2;            /* bytes per element */
+    constexpr int KW = D / 16 * E;           /* words of K per key and thread */
+    constexpr int VW = D / 32 * E;           /* words of V per key and thread */
+    constexpr int MT = D / 16;               /* m-tiles of O^T */
+    constexpr float VF = I8 ? 64.0f : 1.0f;  /* V scales' factor on P */
+    static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+    extern __shared__ __align__(16) unsigned char smem[];
+    pdl_trigger();
+    const cu_attn_work w = works[blockIdx.x];
+    if (w.seg < 0)
+        return; /* padding of a fixed grid (CUDA graphs) */
+    const cu_attn_seg sg = segs[w.seg];
+    pdl_wait();
+    const int G = n_heads / kv.n_kv_heads;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int rows_total = sg.n_tok * G;
+    auto q_off = [&](int r) {
+        return ((int64_t)(sg.tok0 + r / G) * n_heads + w.kv_head * G + r % G) * D;
+    };
+
+    /* Q^T's B fragments, in the permuted dim order, and the positions of
+     * this thread's accumulator rows 8t + 2tq + e (-1: past the end). */
+    uint32_t qb[NR][D / 16][2];
+    int pos[NR][2];
+#pragma unroll
+    for (int t = 0; t < NR; t++) {
+        const int r = w.row0 + 8 * t + g;
+#pragma unroll
+        for (int c = 0; c < D / 64; c++) {
+            uint4 u0 = make_uint4(0, 0, 0, 0), u1 = u0;
+            if (r < rows_total) {
+                const uint4 *src = reinterpret_cast<const uint4 *>(q + q_off(r) + 64 * c + 16 * tq);
+                u0 = src[0];
+                u1 = src[1];
+            }
+            qb[t][4 * c + 0][0] = u0.x, qb[t][4 * c + 0][1] = u0.y;
+            qb[t][4 * c + 1][0] = u0.z, qb[t][4 * c + 1][1] = u0.w;
+            qb[t][4 * c + 2][0] = u1.x, qb[t][4 * c + 2][1] = u1.y;
+            qb[t][4 * c + 3][0] = u1.z, qb[t][4 * c + 3][1] = u1.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int rr = w.row0 + 8 * t + 2 * tq + e;
+            pos[t][e] = rr < rows_total ? sg.pos0 + rr / G : -1;
+        }
+    }
+    float o[NR][MT][4], m[NR][2], l[NR][2];
+#pragma unroll
+    for (int t = 0; t < NR; t++) {
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+            o[t][i][0] = o[t][i][1] = o[t][i][2] = o[t][i][3] = 0.0f;
+        m[t][0] = m[t][1] = -INFINITY;
+        l[t][0] = l[t][1] = 0.0f;
+    }
+    int posmin = INT_MAX;
+#pragma unroll
+    for (int t = 0; t < NR; t++)
+        posmin = min(posmin, min(pos[t][0] < 0 ? INT_MAX : pos[t][0], pos[t][1] < 0 ? INT_MAX : pos[t][1]));
+    posmin = __reduce_min_sync(Q3_FULL_MASK, posmin);
+
+    /* One tile's loads: K of keys 2g, 2g + 1 and V of keys 4tq.. + 3 of the
+     * warp's page, and for int8 the scales of keys 2g, 2g + 1. */
+    struct raw {
+        uint32_t k[2][KW], v[4][VW], ks, vs;
+    };
+    const int kw = 16 * warp;
+    const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
+    const int64_t lay_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
+    const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
+    /* Keys past the range are not read (zeros): a stale fp16 slot could
+     * hold a NaN, and 0 x NaN in P x V is NaN. */
+    auto load = [&](raw &x, int page, int kb) {
+        const char *base = (const char *)kv.data + (page * page_el + lay_el) * E;
+        const int n_ok = w.key_end - kb - kw; /* keys of the page in range */
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int c = 0; c < KW / 4; c++) {
+                /* 16 bytes: 64-dim chunk c / E, then its half c % E (fp16) */
+                uint4 u = make_uint4(0, 0, 0, 0);
+                if (2 * g + h < n_ok)
+                    u = ld_stream(reinterpret_cast<const uint4 *>(
+                        base + ((2 * g + h) * D + 64 * (c / E) + 16 * tq + 8 * (c % E)) * E));
+                x.k[h][4 * c] = u.x, x.k[h][4 * c + 1] = u.y, x.k[h][4 * c + 2] = u.z, x.k[h][4 * c + 3] = u.w;
+            }
+        const char *vb = base + v_el * E + (D / 8) * g * E;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bool ok = 4 * tq + j < n_ok;
+            if constexpr (VW >= 4) {
+#pragma unroll
+                for (int c = 0; c < VW / 4; c++) {
+                    uint4 u = make_uint4(0, 0, 0, 0);
+                    if (ok)
+                        u = ld_stream(reinterpret_cast<const uint4 *>(vb + (4 * tq + j) * D * E + 16 * c));
+                    x.v[j][4 * c] = u.x, x.v[j][4 * c + 1] = u.y, x.v[j][4 * c + 2] = u.z, x.v[j][4 * c + 3] = u.w;
+                }
+            } else {
+                uint2 u = make_uint2(0, 0);
+                if (ok)
+                    u = __ldg(reinterpret_cast<const uint2 *>(vb + (4 * tq + j) * D * E));
+                x.v[j][0] = u.x, x.v[j][1] = u.y;
+            }
+        }
+        if (I8) {
+            const uint32_t *sc = (const uint32_t *)((const __half *)kv.scales + (page * page_el + lay_el) / D);
+            x.ks = __ldg(sc + g);
+            x.vs = __ldg(sc + v_el / D / 2 + g);
+        }
+    };
+    auto page_of = [&](int kb) { return kb + kw < w.key_end ? pages[sg.page0 + (kb + kw) / ATT_PAGE] : 0; };
+
+    auto tile = [&](const raw &x, int kb) {
+        float s[NR][4];
+#pragma unroll
+        for (int t = 0; t < NR; t++)
+            s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            uint32_t a[4];
+            if constexpr (I8) {
+                /* bytes 4s.. + 3 of the key's chunk c: dims (2tq, 2tq + 1 | 2tq + 8, 2tq + 9) */
+                const int wi = (ks / 4) * 4 + ks % 4;
+                const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const uint32_t b = x.k[h][wi] ^ 0x80808080u;
+                    a[h] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(b, 0x64646464u, 0x5140)), bias));
+                    a[h + 2] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(b, 0x64646464u, 0x5342)), bias));
+                }
+            } else {
+                const int wi = (ks / 4) * 8 + (ks % 4) * 2;
+                a[0] = x.k[0][wi], a[1] = x.k[1][wi], a[2] = x.k[0][wi + 1], a[3] = x.k[1][wi + 1];
+            }
+#pragma unroll
+            for (int t = 0; t < NR; t++)
+                mma_16816(s[t], a, qb[t][ks][0], qb[t][ks][1]);
+        }
+        /* keys 2g (s[.][0..1]) and 2g + 1 (s[.][2..3]) of rows 2tq, 2tq + 1 */
+        const int key0 = kb + kw + 2 * g;
+        float ksc0 = 1.0f, ksc1 = 1.0f, vsc0 = 1.0f, vsc1 = 1.0f;
+        if (I8) {
+            const float2 kf = __half22float2(u32_as_h2(x.ks)), vf = __half22float2(u32_as_h2(x.vs));
+            ksc0 = kf.x, ksc1 = kf.y;
+            /* stale slots past the range may hold any bits: their weight is 0 */
+            vsc0 = key0 < w.key_end ? vf.x * VF : 0.0f;
+            vsc1 = key0 + 1 < w.key_end ? vf.y * VF : 0.0f;
+        }
+        const bool visible = kb + ATT_KB <= w.key_end && kb + ATT_KB - 1 <= posmin;
+        uint32_t pb[NR][2];
+#pragma unroll
+        for (int t = 0; t < NR; t++) {
+            s[t][0] *= ksc0, s[t][1] *= ksc0, s[t][2] *= ksc1, s[t][3] *= ksc1;
+            if (!visible) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = key0 + (e >> 1);
+                    if (!(key < w.key_end && key <= pos[t][e & 1]))
+                        s[t][e] = -INFINITY;
+                }
+            }
+            float c[2], bias[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float mx = fmaxf(s[t][e], s[t][2 + e]);
+                mx = fmaxf(mx, __shfl_xor_sync(Q3_FULL_MASK, mx, 4));
+                mx = fmaxf(mx, __shfl_xor_sync(Q3_FULL_MASK, mx, 8));
+                mx = fmaxf(mx, __shfl_xor_sync(Q3_FULL_MASK, mx, 16));
+                const float mn = fmaxf(m[t][e], mx);
+                c[e] = mn == -INFINITY ? 1.0f : exp2_ftz((m[t][e] - mn) * scale_log2);
+                bias[e] = mn == -INFINITY ? 0.0f : -mn * scale_log2;
+                m[t][e] = mn;
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[t][e] = exp2_ftz(fmaf(s[t][e], scale_log2, bias[e & 1]));
+            l[t][0] = l[t][0] * c[0] + s[t][0] + s[t][2];
+            l[t][1] = l[t][1] * c[1] + s[t][1] + s[t][3];
+            if (!__all_sync(Q3_FULL_MASK, c[0] == 1.0f && c[1] == 1.0f)) {
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    o[t][i][0] *= c[0], o[t][i][2] *= c[0];
+                    o[t][i][1] *= c[1], o[t][i][3] *= c[1];
+                }
+            }
+            pb[t][0] = movmatrix_trans(pack_half2(s[t][0] * vsc0, s[t][1] * vsc0));
+            pb[t][1] = movmatrix_trans(pack_half2(s[t][2] * vsc1, s[t][3] * vsc1));
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            uint32_t a[4];
+            if constexpr (I8) {
+                /* dims d = (D/8) g + 2mt, d + 1: bytes 2 (mt % 2).. of word mt / 2 */
+                const uint32_t sel = (mt & 1) ? 0x7362 : 0x5140;
+                const uint32_t t02 = __byte_perm(x.v[0][mt / 2] ^ 0x80808080u, x.v[2][mt / 2] ^ 0x80808080u, sel);
+                const uint32_t t13 = __byte_perm(x.v[1][mt / 2] ^ 0x80808080u, x.v[3][mt / 2] ^ 0x80808080u, sel);
+                const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
+                a[0] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5140)), bias));
+                a[1] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5342)), bias));
+                a[2] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t13, 0x64646464u, 0x5140)), bias));
+                a[3] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t13, 0x64646464u, 0x5342)), bias));
+            } else {
+                /* dims d, d + 1 are word mt: low halves pair keys for d, high for d + 1 */
+                a[0] = __byte_perm(x.v[0][mt], x.v[2][mt], 0x5410);
+                a[1] = __byte_perm(x.v[0][mt], x.v[2][mt], 0x7632);
+                a[2] = __byte_perm(x.v[1][mt], x.v[3][mt], 0x5410);
+                a[3] = __byte_perm(x.v[1][mt], x.v[3][mt], 0x7632);
+            }
+#pragma unroll
+            for (int t = 0; t < NR; t++)
+                mma_16816(o[t][mt], a, pb[t][0], pb[t][1]);
+        }
+    };
+
+    if (PF) {
+        /* the next tile's loads are in flight while this one is multiplied;
+         * the page index two tiles ahead is loaded before either */
+        raw cur, nxt;
+        int pg = page_of(w.key_begin);
+        if (w.key_begin + kw < w.key_end)
+            load(cur, pg, w.key_begin);
+        pg = page_of(w.key_begin + ATT_KB);
+        for (int kb = w.key_begin; kb + kw < w.key_end; kb += ATT_KB) {
+            const bool more = kb + ATT_KB + kw < w.key_end;
+            if (more)
+                load(nxt, pg, kb + ATT_KB);
+            pg = page_of(kb + 2 * ATT_KB);
+            tile(cur, kb);
+            if (more)
+                cur = nxt;
+        }
+    } else {
+        int pg = page_of(w.key_begin);
+        for (int kb = w.key_begin; kb + kw < w.key_end; kb += ATT_KB) {
+            raw x;
+            load(x, pg, kb);
+            pg = page_of(kb + ATT_KB);
+            tile(x, kb);
+        }
+    }
+
+    /* The warps' partial softmaxes merge through shared memory: m (raw
+     * scores, uniform over a row's lanes), l (summed over them here) and o,
+     * rows 8t + 2tq + e of dims (D/8) g.. . */
+    constexpr int XLD = D + 4;
+#pragma unroll
+    for (int t = 0; t < NR; t++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            l[t][e] += __shfl_xor_sync(Q3_FULL_MASK, l[t][e], 4);
+            l[t][e] += __shfl_xor_sync(Q3_FULL_MASK, l[t][e], 8);
+            l[t][e] += __shfl_xor_sync(Q3_FULL_MASK, l[t][e], 16);
+        }
+    float *xm = reinterpret_cast<float *>(smem), *xl = xm + 4 * 8 * NR, *xo = xl + 4 * 8 * NR;
+#pragma unroll
+    for (int t = 0; t < NR; t++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int row = 8 * t + 2 * tq + e;
+            if (g == 0) {
+                xm[warp * 8 * NR + row] = m[t][e];
+                xl[warp * 8 * NR + row] = l[t][e];
+            }
+            float *dst = xo + (warp * 8 * NR + row) * XLD + (D / 8) * g;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                *reinterpret_cast<float2 *>(dst + 2 * mt) = make_float2(o[t][mt][e], o[t][mt][2 + e]);
+        }
+    __syncthreads();
+    /* thread: row tid / 16, dims (tid % 16) * D / 16.. */
+    constexpr int DPT = D / 16;
+    const int n_rows = rows_total - w.row0;
+#pragma unroll
+    for (int t = 0; t < NR; t++) {
+        const int row = 8 * t + threadIdx.x / 16, d0 = (threadIdx.x % 16) * DPT;
+        float M = -INFINITY;
+#pragma unroll
+        for (int v = 0; v < 4; v++)
+            M = fmaxf(M, xm[v * 8 * NR + row]);
+        float L = 0.0f, f[4];
+#pragma unroll
+        for (int v = 0; v < 4; v++) {
+            f[v] = xm[v * 8 * NR + row] == -INFINITY ? 0.0f : exp2f((xm[v * 8 * NR + row] - M) * scale_log2);
+            L += xl[v * 8 * NR + row] * f[v];
+        }
+        float acc[DPT];
+#pragma unroll
+        for (int i = 0; i < DPT; i++)
+            acc[i] = 0.0f;
+#pragma unroll
+        for (int v = 0; v < 4; v++)
+#pragma unroll
+            for (int i = 0; i < DPT; i += 4) {
+                const float4 a = *reinterpret_cast<const float4 *>(xo + (v * 8 * NR + row) * XLD + d0 + i);
+                acc[i] += a.x * f[v], acc[i + 1] += a.y * f[v], acc[i + 2] += a.z * f[v], acc[i + 3] += a.w * f[v];
+            }
+        if (row >= n_rows)
+            continue;
+        const float inv = L > 0.0f ? 1.0f / (L * VF) : 0.0f;
+        if (w.part < 0) {
+            __half *d = out + q_off(w.row0 + row) + d0;
+#pragma unroll
+            for (int i = 0; i < DPT; i += 2)
+                *reinterpret_cast<__half2 *>(d + i) = __floats2half2_rn(acc[i] * inv, acc[i + 1] * inv);
+        } else {
+            float *pp = part_o + ((int64_t)w.part * 16 + row) * D + d0;
+#pragma unroll
+            for (int i = 0; i < DPT; i += 4)
+                *reinterpret_cast<float4 *>(pp + i) =
+                    make_float4(acc[i] * inv, acc[i + 1] * inv, acc[i + 2] * inv, acc[i + 3] * inv);
+            if (threadIdx.x % 16 == 0)
+                part_lse[(int64_t)w.part * 16 + row] = L > 0.0f ? M * scale_log2 + log2f(L) : -INFINITY;
+        }
+    }
+    if (w.part >= 0)
+        attn_combine_last<D>(out, sg, comb[w.comb], &comb_counters[w.comb], G, n_heads, part_o,
+                             part_lse);
+}
+
+static constexpr size_t attn_dec_smem_bytes(int D, int nr)
+{
+    return (size_t)4 * 8 * nr * (D + 4 + 2) * 4;
+}
+
 static constexpr size_t attn_smem_bytes(int D, bool i8, int st, int qt = 1)
 {
     /* sK, sV (st stages for fp16 pages, one for int8), for int8 two stages
@@ -597,12 +973,60 @@ static attn_shape attn_f16_shape(int D)
     return *m;
 }
 
+/* QWEN3_BATCH_ATTN_DEC=old: decode tiles through attn_kernel's DEC path
+ * (measurements); QWEN3_BATCH_ATTN_PF=0|1: attn_dec_kernel without or with
+ * the next tile's loads in flight. */
+static bool attn_dec_old(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("QWEN3_BATCH_ATTN_DEC");
+        v = e && !strcmp(e, "old");
+    }
+    return v;
+}
+
+template <int D, bool I8, int NR, bool PF>
+static void launch_attn_dec_nr(const __half *q, __half *out, const cu_attn_seg *segs,
+                               const cu_attn_work *w, int n, const int32_t *pages, cu_kv kv,
+                               int layer, int n_heads, float scale_log2, float *part_o,
+                               float *part_lse, const cu_attn_combine *comb, int *comb_counters,
+                               cudaStream_t s)
+{
+    q3_launch(attn_dec_kernel<D, I8, NR, PF>, dim3(n), dim3(128), attn_dec_smem_bytes(D, NR), s, q,
+              out, segs, w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
+              comb_counters);
+}
+
+template <int D, bool I8>
+static void launch_attn_dec(const __half *q, __half *out, const cu_attn_seg *segs,
+                            const cu_attn_work *w, int n, int rows, const int32_t *pages, cu_kv kv,
+                            int layer, int n_heads, float scale_log2, float *part_o,
+                            float *part_lse, const cu_attn_combine *comb, int *comb_counters,
+                            cudaStream_t s)
+{
+    static int pf = -1;
+    if (pf < 0) {
+        const char *e = getenv("QWEN3_BATCH_ATTN_PF");
+        pf = e && (e[0] == '0' || e[0] == '1') && !e[1] ? e[0] - '0' : 0;
+    }
+    if (rows > 8)
+        launch_attn_dec_nr<D, I8, 2, false>(q, out, segs, w, n, pages, kv, layer, n_heads, scale_log2,
+                                            part_o, part_lse, comb, comb_counters, s);
+    else if (pf)
+        launch_attn_dec_nr<D, I8, 1, true>(q, out, segs, w, n, pages, kv, layer, n_heads, scale_log2,
+                                           part_o, part_lse, comb, comb_counters, s);
+    else
+        launch_attn_dec_nr<D, I8, 1, false>(q, out, segs, w, n, pages, kv, layer, n_heads, scale_log2,
+                                            part_o, part_lse, comb, comb_counters, s);
+}
+
 template <int D, bool I8, int ST, int QT>
 static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs,
-                           const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
-                           int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
-                           float *part_o, float *part_lse, const cu_attn_combine *comb,
-                           int *comb_counters, cudaStream_t s)
+                           const cu_attn_work *w_small, int n_small, int small_rows,
+                           const cu_attn_work *w_large, int n_large, const int32_t *pages, cu_kv kv,
+                           int layer, int n_heads, float *part_o, float *part_lse,
+                           const cu_attn_combine *comb, int *comb_counters, cudaStream_t s)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
     const size_t smem2 = attn_smem_bytes(D, I8, ST, QT), smemd = attn_smem_dec_bytes(D, I8, ST);
@@ -623,38 +1047,41 @@ static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs
                   segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
                   comb_counters);
     /* Decode tiles are 16 rows; the four warps split each key tile. */
-    if (n_small > 0)
+    if (n_small > 0 && attn_dec_old())
         q3_launch(attn_kernel<D, 4, I8, true, ST>, dim3(n_small), dim3(128), smemd, s, q, out,
                   segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
                   comb_counters);
+    else if (n_small > 0)
+        launch_attn_dec<D, I8>(q, out, segs, w_small, n_small, small_rows, pages, kv, layer, n_heads,
+                               scale_log2, part_o, part_lse, comb, comb_counters, s);
 }
 
 /* int8 pages keep one fp16 stage (their raw bytes have two) and one query
  * tile per warp whatever the GPU; fp16 pages take attn_f16_shape. */
 template <int D, bool I8>
 static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
-                        const cu_attn_work *w_small, int n_small, const cu_attn_work *w_large,
-                        int n_large, const int32_t *pages, cu_kv kv, int layer, int n_heads,
-                        float *part_o, float *part_lse, const cu_attn_combine *comb,
-                        int *comb_counters, cudaStream_t s)
+                        const cu_attn_work *w_small, int n_small, int small_rows,
+                        const cu_attn_work *w_large, int n_large, const int32_t *pages, cu_kv kv,
+                        int layer, int n_heads, float *part_o, float *part_lse,
+                        const cu_attn_combine *comb, int *comb_counters, cudaStream_t s)
 {
     if constexpr (!I8) {
         const attn_shape sh = attn_f16_shape(D);
         if (sh.qt == 2 && sh.st == 2)
-            launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+            launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
                                            kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         else if (sh.qt == 2)
-            launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+            launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
                                            kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         else if (sh.st == 1)
-            launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+            launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
                                            kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         else
-            launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages,
+            launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
                                            kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
         return;
     }
-    launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, w_large, n_large, pages, kv, layer,
+    launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer,
                                 n_heads, part_o, part_lse, comb, comb_counters, s);
 }
 
@@ -666,7 +1093,7 @@ extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
-                                    const cu_attn_work *w_small, int n_small,
+                                    const cu_attn_work *w_small, int n_small, int small_rows,
                                     const cu_attn_work *w_large, int n_large,
                                     const cu_attn_combine *comb, const int32_t *pages, cu_kv kv,
                                     int layer, int n_heads, float *part_o, float *part_lse,
@@ -677,10 +1104,10 @@ extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg 
     if (n_heads % kv.n_kv_heads || kv.page_size != ATT_PAGE)
         return cudaErrorInvalidValue;
     switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
-    case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
-    case 129: launch_attn<64, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
-    case 256: launch_attn<128, false>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
-    case 257: launch_attn<128, true>(qh, oh, segs, w_small, n_small, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 129: launch_attn<64, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 256: launch_attn<128, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 257: launch_attn<128, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
     default: return cudaErrorInvalidValue;
     }
     return cudaGetLastError();

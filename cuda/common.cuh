@@ -176,6 +176,15 @@ static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const vo
                  : "r"(addr));
 }
 
+/* The transpose of an 8x8 fp16 matrix held as an mma fragment (thread t:
+ * row t / 4, columns 2 (t % 4) and + 1), in registers (sm_75+). */
+static __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a)
+{
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
+}
+
 /* A 16-byte load that bypasses L1 allocation: streamed weights are read once. */
 static __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
 {

@@ -98,7 +98,7 @@ static const char *const prof_name[P_N] = {"upload", "embed", "rmsnorm", "qkv", 
 
 /* Graphs of decode passes, keyed by everything that shapes their launches. */
 struct graph_key {
-    int n_segs, T, n_lrows, n_jobs, job_rows_sig;
+    int n_segs, T, n_lrows, n_jobs, job_rows_sig, small_rows;
     void *pen_d;
 };
 
@@ -1153,6 +1153,7 @@ struct pass {
     cu_sample_job *jobs;
     int n_small, n_large, n_comb, n_lrows, n_jobs, n_pages;
     int small_grid; /* launched decode blocks (graphs: padded to capacity) */
+    int small_rows; /* the most rows of a small tile (<= 16) */
     size_t pen_n;
     int *dest;     /* [n_lrows] logits row of the caller's buffer, or -1 */
     int *job_lrow; /* [n_jobs] */
@@ -1210,7 +1211,7 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
         p->T += segs[i].count;
     size_t pages_room = (e->meta_cap - (size_t)((char *)p->pages - e->meta_h)) / 4;
     int pl = 0;
-    p->n_small = p->n_large = p->n_comb = 0;
+    p->n_small = p->n_large = p->n_comb = p->small_rows = 0;
     for (int i = 0, t = 0; i < n_segs; i++) {
         const struct seg *sg = &segs[i];
         const eng_item *it = &items[sg->item];
@@ -1239,6 +1240,7 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
         const cu_attn_seg *a = &p->as[i];
         int rows = a->n_tok * G;
         if (rows <= 16) {
+            p->small_rows = rows > p->small_rows ? rows : p->small_rows;
             int keys = a->pos0 + a->n_tok, per = att_split_keys(e, keys), sp = (keys + per - 1) / per;
             for (int h = 0; h < Hkv; h++) {
                 const int cb = sp > 1 ? p->n_comb++ : -1;
@@ -1393,7 +1395,7 @@ static int pass_run(cuda_engine *e, const struct pass *p, float *logits_out, err
                                        e->attn_factor, e->qa, e->kv, l, e->stream));
         prof(e, P_ATTN);
         CU_CHECK(cu_attention(e->qa, e->att, DEV(e, p->as), DEV(e, p->ws), p->small_grid,
-                              DEV(e, p->wl), p->n_large, DEV(e, p->cb), DEV(e, p->pages), e->kv,
+                              p->small_rows, DEV(e, p->wl), p->n_large, DEV(e, p->cb), DEV(e, p->pages), e->kv,
                               l, c->n_heads, e->att_part_o, e->att_part_lse,
                               e->att_comb_counters, e->stream));
         prof(e, P_O);
@@ -1456,12 +1458,13 @@ static int pass_run(cuda_engine *e, const struct pass *p, float *logits_out, err
 static int graph_key_eq(const struct graph_key *a, const struct graph_key *b)
 {
     return a->n_segs == b->n_segs && a->T == b->T && a->n_lrows == b->n_lrows &&
-           a->n_jobs == b->n_jobs && a->job_rows_sig == b->job_rows_sig && a->pen_d == b->pen_d;
+           a->n_jobs == b->n_jobs && a->job_rows_sig == b->job_rows_sig &&
+           a->small_rows == b->small_rows && a->pen_d == b->pen_d;
 }
 
 static int run_graph(cuda_engine *e, const struct pass *p, errbuf *err)
 {
-    struct graph_key k = {p->n_segs, p->T, p->n_lrows, p->n_jobs, 0, e->pen_d};
+    struct graph_key k = {p->n_segs, p->T, p->n_lrows, p->n_jobs, 0, p->small_rows, e->pen_d};
     for (int j = 0; j < p->n_jobs; j++)
         k.job_rows_sig = k.job_rows_sig * 31 + p->job_lrow[j];
     int slot = -1;

@@ -616,11 +616,13 @@ static void test_vs_cpu(const char *name, const model *m, enum eng_kv_type kv, d
  * at least split_keys keys a split: QWEN3_BATCH_ATT_SPLIT_KEYS, 256 by
  * default; 297-340 keys take 5-6 splits of 64, 3 of 128 or 2 of 256) and
  * merged: each step's logits against the CPU engine's for the same
- * position. The prompt is prefilled (large tiles), then each token is one
- * decode step (16-row tiles, the warps' merge, the last block's merge of
- * the splits). */
+ * position. The prompt is prefilled (large tiles), then each step takes
+ * chunk tokens (small tiles while chunk x G <= 16: one token is a decode
+ * step; 9-16 rows take the decode kernel's two-tile variant, and a tile's
+ * rows then sit at different positions, so the causal mask is exercised),
+ * with the warps' merge and the last block's merge of the splits. */
 static void test_decode_splits(const char *name, const model *m, enum eng_kv_type kv, double tol,
-                               const char *split_keys)
+                               const char *split_keys, int chunk)
 {
     enum { N = 340, P = 296 };
     const int V = m->cfg.vocab_size;
@@ -635,7 +637,7 @@ static void test_decode_splits(const char *name, const model *m, enum eng_kv_typ
     int32_t toks[N];
     for (int i = 0; i < N; i++)
         toks[i] = (int32_t)(next_u64() % (uint64_t)V);
-    float *lc = malloc(sizeof *lc * (size_t)N * V), *lg = malloc(sizeof *lg * (size_t)V);
+    float *lc = malloc(sizeof *lc * (size_t)N * V), *lg = malloc(sizeof *lg * (size_t)chunk * V);
     CHECK(score(cpu, toks, N, lc) == 0);
     const double ref_max = max_abs(lc + (size_t)P * V, (size_t)(N - P) * V);
 
@@ -648,19 +650,22 @@ static void test_decode_splits(const char *name, const model *m, enum eng_kv_typ
     CHECK_MSG(rc == 0, "%s: prefill: %s", name, err.msg);
     double err_max = 0;
     int agree = 0;
-    for (int k = P; k < N && !rc; k++) {
-        it = (eng_item){.seq = s, .tokens = &toks[k], .n_tokens = 1, .logits = ENG_LOGITS_LAST};
+    for (int k = P; k < N && !rc; k += chunk) {
+        const int n = chunk < N - k ? chunk : N - k;
+        it = (eng_item){.seq = s, .tokens = &toks[k], .n_tokens = n, .logits = ENG_LOGITS_ALL};
         rc = eng_step(g, &it, 1, lg, NULL, &err);
         CHECK_MSG(rc == 0, "%s: decode at %d: %s", name, k, err.msg);
-        const float *b = lc + (size_t)k * V;
-        for (int v = 0; v < V; v++)
-            err_max = fmax(err_max, fabs(lg[v] - b[v]));
-        agree += argmax(lg, V) == argmax(b, V);
+        for (int j = 0; j < n && !rc; j++) {
+            const float *a = lg + (size_t)j * V, *b = lc + (size_t)(k + j) * V;
+            for (int v = 0; v < V; v++)
+                err_max = fmax(err_max, fabs(a[v] - b[v]));
+            agree += argmax(a, V) == argmax(b, V);
+        }
     }
-    printf("%s (kv %s, split keys %s): decode over split keys at %d..%d keys: logits max error "
-           "%.3e of max %.3f (%.2e relative); argmax agrees %d of %d\n",
-           name, kv == ENG_KV_INT8 ? "int8" : "f16", split_keys ? split_keys : "default", P + 1,
-           N, err_max, ref_max, err_max / ref_max, agree, N - P);
+    printf("%s (kv %s, split keys %s, %d a step): decode over split keys at %d..%d keys: logits "
+           "max error %.3e of max %.3f (%.2e relative); argmax agrees %d of %d\n",
+           name, kv == ENG_KV_INT8 ? "int8" : "f16", split_keys ? split_keys : "default", chunk,
+           P + 1, N, err_max, ref_max, err_max / ref_max, agree, N - P);
     CHECK_MSG(!rc && err_max / ref_max < tol, "%s: decode logits differ from the CPU engine by %.3g",
               name, err_max / ref_max);
     eng_seq_release(g, s);
@@ -964,11 +969,11 @@ int main(int argc, char **argv)
     test_vs_cpu("awq-d128-untied", &A.m, ENG_KV_INT8, 3e-2);
     test_fork(&A.m);
     test_sampling(&A.m);
-    test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, "64");
+    test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, "64", 1);
     if (!quick) {
-        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, NULL);
-        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_INT8, 3e-2, "64");
-        test_decode_splits("bf16-d64-tied-yarn", &B.m, ENG_KV_F16, 1e-2, "128");
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, NULL, 1);
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_INT8, 3e-2, "64", 1);
+        test_decode_splits("bf16-d64-tied-yarn", &B.m, ENG_KV_F16, 1e-2, "128", 1);
         test_vs_cpu("bf16-d64-tied-yarn", &B.m, ENG_KV_F16, 1e-2);
         test_vs_cpu("awq-odd-shapes-g32", &C.m, ENG_KV_F16, 1e-2);
         setenv("QWEN3_BATCH_NO_INT4", "1", 1);
@@ -987,6 +992,12 @@ int main(int argc, char **argv)
         tiny_free(&C3);
         test_ragged("awq-d128-untied", &A.m, ENG_KV_F16, 2e-3f);
         test_ragged("awq-d128-untied", &A.m, ENG_KV_INT8, 5e-3f);
+        /* after test_ragged, whose tokens follow the random stream so far:
+         * G = 4: 2 tokens a step are 8 rows, 3 and 4 are 12 and 16; G = 3: 5 are 15 */
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, "64", 2);
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_F16, 1e-2, "64", 3);
+        test_decode_splits("awq-d128-untied", &A.m, ENG_KV_INT8, 3e-2, NULL, 4);
+        test_decode_splits("bf16-d64-tied-yarn", &B.m, ENG_KV_INT8, 3e-2, "128", 5);
         test_errors(&A.m);
         /* gate_up (K 5120, N 34816): on an H100 the 1-8 row variant takes
          * 3 splits of 27 tiles here, the 9-16 row one 4 of 20. Then the
