@@ -25,7 +25,7 @@
 
 /* Flash-decoding's merge, done by the last block of a combine entry to
  * finish (no second kernel per layer): each block's partial results are
- * made visible before it counts itself, the last one reads them all from
+ * released before it counts itself, the last one reads them all from
  * L2, in part order (the same sums whatever order the blocks ran in), and
  * re-arms the counter for the next layer. 16 rows, D columns, 4 warps. */
 template <int D>
@@ -33,42 +33,52 @@ static __device__ void attn_combine_last(__half *__restrict__ out, const cu_attn
                                          const cu_attn_combine c, int *counter, int G,
                                          int n_heads, const float *part_o, const float *part_lse)
 {
+    /* The barrier orders the block's writes before thread 0's release
+     * fence (cumulative), and the last block's acquire before its barrier:
+     * CUTLASS's split-K semaphore pattern. A __threadfence in every thread
+     * was a MEMBAR.SC in each (Nsight Compute: 0.5-2 cycles of membar stall
+     * per issued instruction of the decode kernel). */
     __shared__ int last;
-    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
+        fence_acq_rel_gpu();
         last = atomicAdd(counter, 1) == c.n_parts - 1;
+        if (last)
+            fence_acq_rel_gpu();
+    }
     __syncthreads();
     if (!last)
         return;
-    __threadfence();
-    const int rows_total = sg.n_tok * G;
+    /* A warp per row; lane p holds part p's lse (n_parts <= 32), and the
+     * parts' rows are read 4 at a time: a loop of dependent L2 reads per
+     * part was a tail of microseconds on the last block. */
+    const int rows_total = sg.n_tok * G, lane = threadIdx.x & 31;
     for (int rr = threadIdx.x / 32; rr < 16; rr += blockDim.x / 32) {
         const int r = c.row0 + rr;
         if (r >= rows_total)
             continue;
-        float mx = -INFINITY;
-        for (int p = 0; p < c.n_parts; p++)
-            mx = fmaxf(mx, __ldcg(part_lse + (int64_t)(c.part0 + p) * 16 + rr));
+        const float lse = lane < c.n_parts ? __ldcg(part_lse + (int64_t)(c.part0 + lane) * 16 + rr) : -INFINITY;
+        const float mx = warp_max(lse);
+        const float wgt = lse == -INFINITY ? 0.0f : exp2f(lse - mx);
         float acc[D / 32];
 #pragma unroll
         for (int i = 0; i < D / 32; i++)
             acc[i] = 0.0f;
         float wsum = 0.0f;
+#pragma unroll 4
         for (int p = 0; p < c.n_parts; p++) {
-            const float lse = __ldcg(part_lse + (int64_t)(c.part0 + p) * 16 + rr);
-            const float wgt = lse == -INFINITY ? 0.0f : exp2f(lse - mx);
-            wsum += wgt;
+            const float wp = __shfl_sync(Q3_FULL_MASK, wgt, p);
+            wsum += wp;
             const float *po = part_o + ((int64_t)(c.part0 + p) * 16 + rr) * D;
 #pragma unroll
             for (int i = 0; i < D / 32; i++)
-                acc[i] += wgt * __ldcg(po + (threadIdx.x & 31) + 32 * i);
+                acc[i] += wp * __ldcg(po + lane + 32 * i);
         }
         const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
         __half *dst = out + ((int64_t)(sg.tok0 + r / G) * n_heads + c.kv_head * G + r % G) * D;
 #pragma unroll
         for (int i = 0; i < D / 32; i++)
-            dst[(threadIdx.x & 31) + 32 * i] = __float2half(acc[i] * inv);
+            dst[lane + 32 * i] = __float2half(acc[i] * inv);
     }
     if (threadIdx.x == 0)
         *counter = 0;
@@ -542,18 +552,19 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     }
 }
 
-/* Blocks per SM that attn_dec_kernel's registers are held to: 4 (at most
- * 128 registers) where no spill results, else fewer. */
-static constexpr int attn_dec_blocks(bool i8, int nr, bool pf)
+/* attn_dec_kernel's shared memory: the warps' merge (4 warps x 8 nr rows
+ * of m, l and D + 4 floats of o). */
+static constexpr size_t attn_dec_smem_bytes(int D, int nr)
 {
-    return i8 ? (nr == 1 && !pf ? 4 : 3) : (nr == 1 && !pf ? 3 : 2);
+    return (size_t)4 * 8 * nr * (D + 4 + 2) * 4;
 }
 
-/* Decode tiles straight from the cache into mma fragments, with no shared
- * memory staging (attn_kernel's DEC path copies every page into shared
- * memory and, for int8, writes it back there as fp16 before ldmatrix: ~1,100
- * instructions per warp and 16-key page, and 168 registers, against ~250
- * here). The roles of the operands are swapped so that the few rows of a
+/* Decode tiles of int8 pages straight from the cache into mma fragments,
+ * with no shared memory staging (attn_kernel's DEC path copies every page
+ * into shared memory and writes it back there as fp16 before ldmatrix:
+ * ~1,100 instructions per warp and 16-key page and 168 registers, against
+ * ~430 and 125 here; fp16 pages keep that path, which measured as fast as
+ * this kernel's fp16 variant or faster). The roles of the operands are swapped so that the few rows of a
  * decode tile (G <= 8 query heads of one KV head) take mma's n = 8 side:
  *
  *   S^T = K Q^T    A = 16 keys x 16 dims of K, B = Q^T (16 dims x 8 rows)
@@ -580,22 +591,25 @@ static constexpr int attn_dec_blocks(bool i8, int nr, bool pf)
  *
  * Work is attn_kernel's decode work list: 4 warps, warp w takes keys
  * 16w.. 16w + 15 (one page) of every 64-key tile with its own running
- * softmax, loads the next tile's page while it multiplies this one (PF),
- * and the warps merge through shared memory at the end. NR: 8-row tiles of
- * rows (1: up to 8 rows, a decode step; 2: up to 16). */
-template <int D, bool I8, int NR, bool PF>
-__global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
+ * softmax, and the warps merge through shared memory at the end. NR: 8-row
+ * tiles of rows (1: up to 8 rows, a decode step; 2: up to 16). Loads go
+ * straight into registers, one tile at a time; four blocks per SM (125
+ * registers) hide their latency better than deeper pipelines measured on
+ * an H100: the next tile in registers (164 registers, three blocks) or a
+ * per-thread cp.async ring of 2-3 stages in shared memory were 3-10%
+ * slower (docs/PERF-cuda.md, session 9). */
+template <int D, int NR>
+__global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
     attn_dec_kernel(const __half *__restrict__ q, __half *__restrict__ out,
                     const cu_attn_seg *__restrict__ segs, const cu_attn_work *__restrict__ works,
                     const int32_t *__restrict__ pages, cu_kv kv, int layer, int n_heads,
                     float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse,
                     const cu_attn_combine *__restrict__ comb, int *__restrict__ comb_counters)
 {
-    constexpr int E = I8 ? 1 : 2;            /* bytes per element */
-    constexpr int KW = D / 16 * E;           /* words of K per key and thread */
-    constexpr int VW = D / 32 * E;           /* words of V per key and thread */
-    constexpr int MT = D / 16;               /* m-tiles of O^T */
-    constexpr float VF = I8 ? 64.0f : 1.0f;  /* V scales' factor on P */
+    constexpr int KW = D / 16;       /* words of K per key and thread */
+    constexpr int VW = D / 32;       /* words of V per key and thread */
+    constexpr int MT = D / 16;       /* m-tiles of O^T */
+    constexpr float VF = 64.0f;      /* V scales' factor on P */
     static_assert(D == 64 || D == 128, "head_dim 64 or 128");
     extern __shared__ __align__(16) unsigned char smem[];
     pdl_trigger();
@@ -603,7 +617,6 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
     if (w.seg < 0)
         return; /* padding of a fixed grid (CUDA graphs) */
     const cu_attn_seg sg = segs[w.seg];
-    pdl_wait();
     const int G = n_heads / kv.n_kv_heads;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int rows_total = sg.n_tok * G;
@@ -611,26 +624,11 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
         return ((int64_t)(sg.tok0 + r / G) * n_heads + w.kv_head * G + r % G) * D;
     };
 
-    /* Q^T's B fragments, in the permuted dim order, and the positions of
-     * this thread's accumulator rows 8t + 2tq + e (-1: past the end). */
-    uint32_t qb[NR][D / 16][2];
+    /* The positions of this thread's accumulator rows 8t + 2tq + e (-1:
+     * past the end). */
     int pos[NR][2];
 #pragma unroll
     for (int t = 0; t < NR; t++) {
-        const int r = w.row0 + 8 * t + g;
-#pragma unroll
-        for (int c = 0; c < D / 64; c++) {
-            uint4 u0 = make_uint4(0, 0, 0, 0), u1 = u0;
-            if (r < rows_total) {
-                const uint4 *src = reinterpret_cast<const uint4 *>(q + q_off(r) + 64 * c + 16 * tq);
-                u0 = src[0];
-                u1 = src[1];
-            }
-            qb[t][4 * c + 0][0] = u0.x, qb[t][4 * c + 0][1] = u0.y;
-            qb[t][4 * c + 1][0] = u0.z, qb[t][4 * c + 1][1] = u0.w;
-            qb[t][4 * c + 2][0] = u1.x, qb[t][4 * c + 2][1] = u1.y;
-            qb[t][4 * c + 3][0] = u1.z, qb[t][4 * c + 3][1] = u1.w;
-        }
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             const int rr = w.row0 + 8 * t + 2 * tq + e;
@@ -652,8 +650,8 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
         posmin = min(posmin, min(pos[t][0] < 0 ? INT_MAX : pos[t][0], pos[t][1] < 0 ? INT_MAX : pos[t][1]));
     posmin = __reduce_min_sync(Q3_FULL_MASK, posmin);
 
-    /* One tile's loads: K of keys 2g, 2g + 1 and V of keys 4tq.. + 3 of the
-     * warp's page, and for int8 the scales of keys 2g, 2g + 1. */
+    /* One tile's data for this thread: K of keys 2g, 2g + 1 and V of keys
+     * 4tq.. + 3 of the warp's page, and the scales of keys 2g, 2g + 1. */
     struct raw {
         uint32_t k[2][KW], v[4][VW], ks, vs;
     };
@@ -661,48 +659,72 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
     const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
     const int64_t lay_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
     const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
-    /* Keys past the range are not read (zeros): a stale fp16 slot could
-     * hold a NaN, and 0 x NaN in P x V is NaN. */
-    auto load = [&](raw &x, int page, int kb) {
-        const char *base = (const char *)kv.data + (page * page_el + lay_el) * E;
-        const int n_ok = w.key_end - kb - kw; /* keys of the page in range */
+    /* The warp's tiles: n_t of them; tile i's page index is lane i % 32 of
+     * pidx, loaded 32 tiles at a time (the first before pdl_wait: the page
+     * lists are the host's, not a kernel's). */
+    const int n_keys = w.key_end - w.key_begin - kw;
+    const int n_t = n_keys > 0 ? (n_keys + ATT_KB - 1) / ATT_KB : 0;
+    const int32_t *wpages = pages + sg.page0 + (w.key_begin + kw) / ATT_PAGE;
+    int pidx = lane < n_t ? wpages[4 * lane] : 0;
+    pdl_wait(); /* q and this step's keys come from the kernel before */
+
+    /* Tile i: K is 16 bytes of key 2g + h per 64 dims (chunk c), V 16 bytes
+     * (8 at D = 64) of key 4tq + j. Keys past the range are not read
+     * (zeros), and their V scales are not used. */
+    auto load = [&](raw &x, int i) {
+        if (i > 0 && (i & 31) == 0)
+            pidx = i + lane < n_t ? wpages[4 * (i + lane)] : 0;
+        const int page = __shfl_sync(Q3_FULL_MASK, pidx, i & 31), n_ok = n_keys - ATT_KB * i;
+        const int8_t *base = (const int8_t *)kv.data + page * page_el + lay_el;
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int c = 0; c < KW / 4; c++) {
-                /* 16 bytes: 64-dim chunk c / E, then its half c % E (fp16) */
                 uint4 u = make_uint4(0, 0, 0, 0);
                 if (2 * g + h < n_ok)
-                    u = ld_stream(reinterpret_cast<const uint4 *>(
-                        base + ((2 * g + h) * D + 64 * (c / E) + 16 * tq + 8 * (c % E)) * E));
+                    u = ld_stream(reinterpret_cast<const uint4 *>(base + (2 * g + h) * D + 64 * c + 16 * tq));
                 x.k[h][4 * c] = u.x, x.k[h][4 * c + 1] = u.y, x.k[h][4 * c + 2] = u.z, x.k[h][4 * c + 3] = u.w;
             }
-        const char *vb = base + v_el * E + (D / 8) * g * E;
+        const int8_t *vb = base + v_el + (D / 8) * g;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const bool ok = 4 * tq + j < n_ok;
-            if constexpr (VW >= 4) {
-#pragma unroll
-                for (int c = 0; c < VW / 4; c++) {
-                    uint4 u = make_uint4(0, 0, 0, 0);
-                    if (ok)
-                        u = ld_stream(reinterpret_cast<const uint4 *>(vb + (4 * tq + j) * D * E + 16 * c));
-                    x.v[j][4 * c] = u.x, x.v[j][4 * c + 1] = u.y, x.v[j][4 * c + 2] = u.z, x.v[j][4 * c + 3] = u.w;
-                }
+            if constexpr (VW == 4) {
+                uint4 u = make_uint4(0, 0, 0, 0);
+                if (ok)
+                    u = ld_stream(reinterpret_cast<const uint4 *>(vb + (4 * tq + j) * D));
+                x.v[j][0] = u.x, x.v[j][1] = u.y, x.v[j][2] = u.z, x.v[j][3] = u.w;
             } else {
                 uint2 u = make_uint2(0, 0);
                 if (ok)
-                    u = __ldg(reinterpret_cast<const uint2 *>(vb + (4 * tq + j) * D * E));
+                    u = __ldg(reinterpret_cast<const uint2 *>(vb + (4 * tq + j) * D));
                 x.v[j][0] = u.x, x.v[j][1] = u.y;
             }
         }
-        if (I8) {
-            const uint32_t *sc = (const uint32_t *)((const __half *)kv.scales + (page * page_el + lay_el) / D);
-            x.ks = __ldg(sc + g);
-            x.vs = __ldg(sc + v_el / D / 2 + g);
-        }
+        /* one fp16 scale per (page, layer, kv, head, t): el / D */
+        const uint32_t *sc = (const uint32_t *)((const __half *)kv.scales + (page * page_el + lay_el) / D) + g;
+        x.ks = __ldg(sc);
+        x.vs = __ldg(sc + v_el / D / 2);
     };
-    auto page_of = [&](int kb) { return kb + kw < w.key_end ? pages[sg.page0 + (kb + kw) / ATT_PAGE] : 0; };
+    /* Q^T's B fragments, in the permuted dim order */
+    uint32_t qb[NR][D / 16][2];
+#pragma unroll
+    for (int t = 0; t < NR; t++) {
+        const int r = w.row0 + 8 * t + g;
+#pragma unroll
+        for (int c = 0; c < D / 64; c++) {
+            uint4 u0 = make_uint4(0, 0, 0, 0), u1 = u0;
+            if (r < rows_total) {
+                const uint4 *src = reinterpret_cast<const uint4 *>(q + q_off(r) + 64 * c + 16 * tq);
+                u0 = src[0];
+                u1 = src[1];
+            }
+            qb[t][4 * c + 0][0] = u0.x, qb[t][4 * c + 0][1] = u0.y;
+            qb[t][4 * c + 1][0] = u0.z, qb[t][4 * c + 1][1] = u0.w;
+            qb[t][4 * c + 2][0] = u1.x, qb[t][4 * c + 2][1] = u1.y;
+            qb[t][4 * c + 3][0] = u1.z, qb[t][4 * c + 3][1] = u1.w;
+        }
+    }
 
     auto tile = [&](const raw &x, int kb) {
         float s[NR][4];
@@ -711,20 +733,14 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
             s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
+            /* word ks: bytes 4s.. + 3 of the key's chunk c, dims (2tq, 2tq + 1 | 2tq + 8, 2tq + 9) */
             uint32_t a[4];
-            if constexpr (I8) {
-                /* bytes 4s.. + 3 of the key's chunk c: dims (2tq, 2tq + 1 | 2tq + 8, 2tq + 9) */
-                const int wi = (ks / 4) * 4 + ks % 4;
-                const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
+            const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const uint32_t b = x.k[h][wi] ^ 0x80808080u;
-                    a[h] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(b, 0x64646464u, 0x5140)), bias));
-                    a[h + 2] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(b, 0x64646464u, 0x5342)), bias));
-                }
-            } else {
-                const int wi = (ks / 4) * 8 + (ks % 4) * 2;
-                a[0] = x.k[0][wi], a[1] = x.k[1][wi], a[2] = x.k[0][wi + 1], a[3] = x.k[1][wi + 1];
+            for (int h = 0; h < 2; h++) {
+                const uint32_t b = x.k[h][ks] ^ 0x80808080u;
+                a[h] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(b, 0x64646464u, 0x5140)), bias));
+                a[h + 2] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(b, 0x64646464u, 0x5342)), bias));
             }
 #pragma unroll
             for (int t = 0; t < NR; t++)
@@ -732,14 +748,11 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
         }
         /* keys 2g (s[.][0..1]) and 2g + 1 (s[.][2..3]) of rows 2tq, 2tq + 1 */
         const int key0 = kb + kw + 2 * g;
-        float ksc0 = 1.0f, ksc1 = 1.0f, vsc0 = 1.0f, vsc1 = 1.0f;
-        if (I8) {
-            const float2 kf = __half22float2(u32_as_h2(x.ks)), vf = __half22float2(u32_as_h2(x.vs));
-            ksc0 = kf.x, ksc1 = kf.y;
-            /* stale slots past the range may hold any bits: their weight is 0 */
-            vsc0 = key0 < w.key_end ? vf.x * VF : 0.0f;
-            vsc1 = key0 + 1 < w.key_end ? vf.y * VF : 0.0f;
-        }
+        const float2 kf = __half22float2(u32_as_h2(x.ks)), vf = __half22float2(u32_as_h2(x.vs));
+        const float ksc0 = kf.x, ksc1 = kf.y;
+        /* stale slots past the range may hold any bits: their weight is 0 */
+        const float vsc0 = key0 < w.key_end ? vf.x * VF : 0.0f;
+        const float vsc1 = key0 + 1 < w.key_end ? vf.y * VF : 0.0f;
         const bool visible = kb + ATT_KB <= w.key_end && kb + ATT_KB - 1 <= posmin;
         uint32_t pb[NR][2];
 #pragma unroll
@@ -782,55 +795,26 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
         }
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
+            /* dims d = (D/8) g + 2mt, d + 1: bytes 2 (mt % 2).. of word mt / 2 */
             uint32_t a[4];
-            if constexpr (I8) {
-                /* dims d = (D/8) g + 2mt, d + 1: bytes 2 (mt % 2).. of word mt / 2 */
-                const uint32_t sel = (mt & 1) ? 0x7362 : 0x5140;
-                const uint32_t t02 = __byte_perm(x.v[0][mt / 2] ^ 0x80808080u, x.v[2][mt / 2] ^ 0x80808080u, sel);
-                const uint32_t t13 = __byte_perm(x.v[1][mt / 2] ^ 0x80808080u, x.v[3][mt / 2] ^ 0x80808080u, sel);
-                const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
-                a[0] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5140)), bias));
-                a[1] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5342)), bias));
-                a[2] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t13, 0x64646464u, 0x5140)), bias));
-                a[3] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t13, 0x64646464u, 0x5342)), bias));
-            } else {
-                /* dims d, d + 1 are word mt: low halves pair keys for d, high for d + 1 */
-                a[0] = __byte_perm(x.v[0][mt], x.v[2][mt], 0x5410);
-                a[1] = __byte_perm(x.v[0][mt], x.v[2][mt], 0x7632);
-                a[2] = __byte_perm(x.v[1][mt], x.v[3][mt], 0x5410);
-                a[3] = __byte_perm(x.v[1][mt], x.v[3][mt], 0x7632);
-            }
+            const uint32_t sel = (mt & 1) ? 0x7362 : 0x5140;
+            const uint32_t t02 = __byte_perm(x.v[0][mt / 2] ^ 0x80808080u, x.v[2][mt / 2] ^ 0x80808080u, sel);
+            const uint32_t t13 = __byte_perm(x.v[1][mt / 2] ^ 0x80808080u, x.v[3][mt / 2] ^ 0x80808080u, sel);
+            const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
+            a[0] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5140)), bias));
+            a[1] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5342)), bias));
+            a[2] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t13, 0x64646464u, 0x5140)), bias));
+            a[3] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t13, 0x64646464u, 0x5342)), bias));
 #pragma unroll
             for (int t = 0; t < NR; t++)
                 mma_16816(o[t][mt], a, pb[t][0], pb[t][1]);
         }
     };
 
-    if (PF) {
-        /* the next tile's loads are in flight while this one is multiplied;
-         * the page index two tiles ahead is loaded before either */
-        raw cur, nxt;
-        int pg = page_of(w.key_begin);
-        if (w.key_begin + kw < w.key_end)
-            load(cur, pg, w.key_begin);
-        pg = page_of(w.key_begin + ATT_KB);
-        for (int kb = w.key_begin; kb + kw < w.key_end; kb += ATT_KB) {
-            const bool more = kb + ATT_KB + kw < w.key_end;
-            if (more)
-                load(nxt, pg, kb + ATT_KB);
-            pg = page_of(kb + 2 * ATT_KB);
-            tile(cur, kb);
-            if (more)
-                cur = nxt;
-        }
-    } else {
-        int pg = page_of(w.key_begin);
-        for (int kb = w.key_begin; kb + kw < w.key_end; kb += ATT_KB) {
-            raw x;
-            load(x, pg, kb);
-            pg = page_of(kb + ATT_KB);
-            tile(x, kb);
-        }
+    for (int i = 0; i < n_t; i++) {
+        raw x;
+        load(x, i);
+        tile(x, w.key_begin + ATT_KB * i);
     }
 
     /* The warps' partial softmaxes merge through shared memory: m (raw
@@ -911,11 +895,6 @@ __global__ void __launch_bounds__(128, attn_dec_blocks(I8, NR, PF))
                              part_lse);
 }
 
-static constexpr size_t attn_dec_smem_bytes(int D, int nr)
-{
-    return (size_t)4 * 8 * nr * (D + 4 + 2) * 4;
-}
-
 static constexpr size_t attn_smem_bytes(int D, bool i8, int st, int qt = 1)
 {
     /* sK, sV (st stages for fp16 pages, one for int8), for int8 two stages
@@ -973,9 +952,8 @@ static attn_shape attn_f16_shape(int D)
     return *m;
 }
 
-/* QWEN3_BATCH_ATTN_DEC=old: decode tiles through attn_kernel's DEC path
- * (measurements); QWEN3_BATCH_ATTN_PF=0|1: attn_dec_kernel without or with
- * the next tile's loads in flight. */
+/* QWEN3_BATCH_ATTN_DEC=old: int8 decode tiles through attn_kernel's DEC
+ * path, as fp16 ones always go (measurements). */
 static bool attn_dec_old(void)
 {
     static int v = -1;
@@ -986,39 +964,19 @@ static bool attn_dec_old(void)
     return v;
 }
 
-template <int D, bool I8, int NR, bool PF>
-static void launch_attn_dec_nr(const __half *q, __half *out, const cu_attn_seg *segs,
-                               const cu_attn_work *w, int n, const int32_t *pages, cu_kv kv,
-                               int layer, int n_heads, float scale_log2, float *part_o,
-                               float *part_lse, const cu_attn_combine *comb, int *comb_counters,
-                               cudaStream_t s)
-{
-    q3_launch(attn_dec_kernel<D, I8, NR, PF>, dim3(n), dim3(128), attn_dec_smem_bytes(D, NR), s, q,
-              out, segs, w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
-              comb_counters);
-}
-
-template <int D, bool I8>
+template <int D>
 static void launch_attn_dec(const __half *q, __half *out, const cu_attn_seg *segs,
                             const cu_attn_work *w, int n, int rows, const int32_t *pages, cu_kv kv,
                             int layer, int n_heads, float scale_log2, float *part_o,
                             float *part_lse, const cu_attn_combine *comb, int *comb_counters,
                             cudaStream_t s)
 {
-    static int pf = -1;
-    if (pf < 0) {
-        const char *e = getenv("QWEN3_BATCH_ATTN_PF");
-        pf = e && (e[0] == '0' || e[0] == '1') && !e[1] ? e[0] - '0' : 0;
-    }
     if (rows > 8)
-        launch_attn_dec_nr<D, I8, 2, false>(q, out, segs, w, n, pages, kv, layer, n_heads, scale_log2,
-                                            part_o, part_lse, comb, comb_counters, s);
-    else if (pf)
-        launch_attn_dec_nr<D, I8, 1, true>(q, out, segs, w, n, pages, kv, layer, n_heads, scale_log2,
-                                           part_o, part_lse, comb, comb_counters, s);
+        q3_launch(attn_dec_kernel<D, 2>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 2), s, q, out, segs,
+                  w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
     else
-        launch_attn_dec_nr<D, I8, 1, false>(q, out, segs, w, n, pages, kv, layer, n_heads, scale_log2,
-                                            part_o, part_lse, comb, comb_counters, s);
+        q3_launch(attn_dec_kernel<D, 1>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 1), s, q, out, segs,
+                  w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
 }
 
 template <int D, bool I8, int ST, int QT>
@@ -1047,13 +1005,13 @@ static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs
                   segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
                   comb_counters);
     /* Decode tiles are 16 rows; the four warps split each key tile. */
-    if (n_small > 0 && attn_dec_old())
+    if (n_small > 0 && (!I8 || attn_dec_old()))
         q3_launch(attn_kernel<D, 4, I8, true, ST>, dim3(n_small), dim3(128), smemd, s, q, out,
                   segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
                   comb_counters);
     else if (n_small > 0)
-        launch_attn_dec<D, I8>(q, out, segs, w_small, n_small, small_rows, pages, kv, layer, n_heads,
-                               scale_log2, part_o, part_lse, comb, comb_counters, s);
+        launch_attn_dec<D>(q, out, segs, w_small, n_small, small_rows, pages, kv, layer, n_heads,
+                           scale_log2, part_o, part_lse, comb, comb_counters, s);
 }
 
 /* int8 pages keep one fp16 stage (their raw bytes have two) and one query

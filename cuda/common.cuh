@@ -176,6 +176,13 @@ static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const vo
                  : "r"(addr));
 }
 
+/* fence.acq_rel at GPU scope: with a relaxed atomic after it, a release
+ * (before it, an acquire) of the writes ordered before it. */
+static __device__ __forceinline__ void fence_acq_rel_gpu(void)
+{
+    asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+}
+
 /* The transpose of an 8x8 fp16 matrix held as an mma fragment (thread t:
  * row t / 4, columns 2 (t % 4) and + 1), in registers (sm_75+). */
 static __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a)

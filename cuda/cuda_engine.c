@@ -34,6 +34,7 @@
 #define PAGE_SIZE 16
 #define LOGIT_ROWS 64                 /* lm_head rows per pass */
 #define ATT_MAX_SPLITS 16             /* flash-decoding: key splits per (sequence, KV head) */
+_Static_assert(ATT_MAX_SPLITS <= 32, "attn_combine_last holds a part per lane");
 /* Least keys per split. Measured on the H100 (2026-12-06, 14B shapes,
  * tok/s at 64 / 256 / 512): decode B=1 at 640 keys 191.0 / 188.3 / 182.7,
  * B=16 at 1.1k 1,839 / 1,865 / 1,866, B=64 at 1.1k 3,238 / 3,273 / 3,275,

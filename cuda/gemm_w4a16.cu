@@ -352,15 +352,19 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
      * partial sums in split order (deterministic) and writes y, which saves
      * a launch per product; it then re-arms the counter for the next one. */
     int *counters = reinterpret_cast<int *>(part) + part_counters_off;
+    /* release by thread 0 after the barrier, acquire before it (as in
+     * attn_combine_last): one fence, not one per thread */
     __shared__ int s_last;
-    __threadfence();
     __syncthreads();
-    if (tid == 0)
+    if (tid == 0) {
+        fence_acq_rel_gpu();
         s_last = atomicAdd(&counters[blockIdx.x], 1) == (int)gridDim.y - 1;
+        if (s_last)
+            fence_acq_rel_gpu();
+    }
     __syncthreads();
     if (!s_last)
         return;
-    __threadfence();
     const int c0 = ntb * 16, width = min(BN, N - c0);
     for (int idx = tid; idx < rows * (width / 2); idx += WARPS * 32) {
         const int r = idx / (width / 2), c = c0 + (idx % (width / 2)) * 2;
@@ -437,16 +441,22 @@ template <int R, int J>
 static __device__ void w4_reduce_last_split(float *part, size_t counters_off, int M, int N, int nt,
                                             int lane, __half *y, int ldy)
 {
+    /* __syncwarp orders the warp's writes before lane 0's release fence,
+     * and lane 0's acquire before the lanes' reads (the one after the
+     * shuffle): a fence per warp, not one per lane (attn_combine_last) */
     int *counters = reinterpret_cast<int *>(part) + counters_off;
-    __threadfence();
     __syncwarp();
     int last = 0;
-    if (lane == 0)
+    if (lane == 0) {
+        fence_acq_rel_gpu();
         last = atomicAdd(&counters[nt], 1) == (int)gridDim.y - 1;
+        if (last)
+            fence_acq_rel_gpu();
+    }
     last = __shfl_sync(0xffffffffu, last, 0);
+    __syncwarp();
     if (!last)
         return;
-    __threadfence();
     const int n_sp = (int)gridDim.y, col = nt * 16 + (lane & 3) * 4;
     const int64_t sp_stride = (int64_t)M * N;
     for (int r0 = lane >> 2; r0 < M; r0 += 8 * R) {
