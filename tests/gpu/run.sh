@@ -130,6 +130,7 @@ do_bench() {
     # issue #4: prefill 1x4096, 16x1024; decode B=1, B=16/64 at ~1.1k, B=16 at ~4.2k
     bench --npp 4096 --ntg 1 --npl 1
     bench --npp 1024 --ntg 128 --npl 16,64
+    bench --npp 1024 --ntg 128 --npl 16,64 --kv-cache int8
     bench --npp 512 --ntg 128 --npl 1
     bench --npp 4096 --ntg 128 --npl 16 --kv-cache f16
     bench --npp 4096 --ntg 128 --npl 16 --kv-cache int8
