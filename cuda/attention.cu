@@ -57,7 +57,8 @@ static __device__ void attn_combine_last(__half *__restrict__ out, const cu_attn
         const int r = c.row0 + rr;
         if (r >= rows_total)
             continue;
-        const float lse = lane < c.n_parts ? __ldcg(part_lse + (int64_t)(c.part0 + lane) * 16 + rr) : -INFINITY;
+        const float lse =
+            lane < c.n_parts ? __ldcg(part_lse + (int64_t)(c.part0 + lane) * 16 + rr) : -INFINITY;
         const float mx = warp_max(lse);
         const float wgt = lse == -INFINITY ? 0.0f : exp2f(lse - mx);
         float acc[D / 32];
@@ -221,7 +222,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
      * the warp before every tile's copies. Only pages of keys in the range
      * are read. */
     static_assert(!DEC || KB / WARPS == ATT_PAGE, "a decode warp's keys are one page");
-    int dpage = DEC && w.key_begin + kw < w.key_end ? pages[sg.page0 + (w.key_begin + kw) / ATT_PAGE] : 0;
+    int dpage =
+        DEC && w.key_begin + kw < w.key_end ? pages[sg.page0 + (w.key_begin + kw) / ATT_PAGE] : 0;
     auto issue = [&](int kb, int st) {
         const int32_t *pg = pages + sg.page0 + (kb + kw) / ATT_PAGE;
         const int n_ok = w.key_end - kb - kw - r; /* chunk i is a key if i * KSTEP < n_ok */
@@ -265,8 +267,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                 const __half *src = sc;
                 if (n > 0) {
                     const int64_t pel =
-                        (int64_t)(DEC ? page : pages[sg.page0 + (kb + k0) / ATT_PAGE]) * page_el + lay_el +
-                        (isv ? v_el : 0);
+                        (int64_t)(DEC ? page : pages[sg.page0 + (kb + k0) / ATT_PAGE]) * page_el +
+                        lay_el + (isv ? v_el : 0);
                     src = sc + pel / D + k0 % ATT_PAGE;
                 }
                 cp_async16((isv ? sVs0 : sKs0) + st * KB + k0, src, 2 * n);
@@ -564,8 +566,9 @@ static constexpr size_t attn_dec_smem_bytes(int D, int nr)
  * into shared memory and writes it back there as fp16 before ldmatrix:
  * ~1,100 instructions per warp and 16-key page and 168 registers, against
  * ~430 and 125 here; fp16 pages keep that path, which measured as fast as
- * this kernel's fp16 variant or faster). The roles of the operands are swapped so that the few rows of a
- * decode tile (G <= 8 query heads of one KV head) take mma's n = 8 side:
+ * this kernel's fp16 variant or faster). The roles of the operands are
+ * swapped so that the few rows of a decode tile (G <= 8 query heads of one
+ * KV head) take mma's n = 8 side:
  *
  *   S^T = K Q^T    A = 16 keys x 16 dims of K, B = Q^T (16 dims x 8 rows)
  *   O^T = V^T P^T  A = 16 dims x 16 keys of V^T, B = P^T (16 keys x 8 rows)
@@ -606,10 +609,10 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
                     float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse,
                     const cu_attn_combine *__restrict__ comb, int *__restrict__ comb_counters)
 {
-    constexpr int KW = D / 16;       /* words of K per key and thread */
-    constexpr int VW = D / 32;       /* words of V per key and thread */
-    constexpr int MT = D / 16;       /* m-tiles of O^T */
-    constexpr float VF = 64.0f;      /* V scales' factor on P */
+    constexpr int KW = D / 16;  /* words of K per key and thread */
+    constexpr int VW = D / 32;  /* words of V per key and thread */
+    constexpr int MT = D / 16;  /* m-tiles of O^T */
+    constexpr float VF = 64.0f; /* V scales' factor on P */
     static_assert(D == 64 || D == 128, "head_dim 64 or 128");
     extern __shared__ __align__(16) unsigned char smem[];
     pdl_trigger();
@@ -647,7 +650,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
     int posmin = INT_MAX;
 #pragma unroll
     for (int t = 0; t < NR; t++)
-        posmin = min(posmin, min(pos[t][0] < 0 ? INT_MAX : pos[t][0], pos[t][1] < 0 ? INT_MAX : pos[t][1]));
+        posmin = min(posmin,
+                     min(pos[t][0] < 0 ? INT_MAX : pos[t][0], pos[t][1] < 0 ? INT_MAX : pos[t][1]));
     posmin = __reduce_min_sync(Q3_FULL_MASK, posmin);
 
     /* One tile's data for this thread: K of keys 2g, 2g + 1 and V of keys
@@ -682,8 +686,12 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
             for (int c = 0; c < KW / 4; c++) {
                 uint4 u = make_uint4(0, 0, 0, 0);
                 if (2 * g + h < n_ok)
-                    u = ld_stream(reinterpret_cast<const uint4 *>(base + (2 * g + h) * D + 64 * c + 16 * tq));
-                x.k[h][4 * c] = u.x, x.k[h][4 * c + 1] = u.y, x.k[h][4 * c + 2] = u.z, x.k[h][4 * c + 3] = u.w;
+                    u = ld_stream(
+                        reinterpret_cast<const uint4 *>(base + (2 * g + h) * D + 64 * c + 16 * tq));
+                x.k[h][4 * c] = u.x;
+                x.k[h][4 * c + 1] = u.y;
+                x.k[h][4 * c + 2] = u.z;
+                x.k[h][4 * c + 3] = u.w;
             }
         const int8_t *vb = base + v_el + (D / 8) * g;
 #pragma unroll
@@ -693,7 +701,10 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
                 uint4 u = make_uint4(0, 0, 0, 0);
                 if (ok)
                     u = ld_stream(reinterpret_cast<const uint4 *>(vb + (4 * tq + j) * D));
-                x.v[j][0] = u.x, x.v[j][1] = u.y, x.v[j][2] = u.z, x.v[j][3] = u.w;
+                x.v[j][0] = u.x;
+                x.v[j][1] = u.y;
+                x.v[j][2] = u.z;
+                x.v[j][3] = u.w;
             } else {
                 uint2 u = make_uint2(0, 0);
                 if (ok)
@@ -702,7 +713,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
             }
         }
         /* one fp16 scale per (page, layer, kv, head, t): el / D */
-        const uint32_t *sc = (const uint32_t *)((const __half *)kv.scales + (page * page_el + lay_el) / D) + g;
+        const uint32_t *sc =
+            (const uint32_t *)((const __half *)kv.scales + (page * page_el + lay_el) / D) + g;
         x.ks = __ldg(sc);
         x.vs = __ldg(sc + v_el / D / 2);
     };
@@ -719,10 +731,14 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
                 u0 = src[0];
                 u1 = src[1];
             }
-            qb[t][4 * c + 0][0] = u0.x, qb[t][4 * c + 0][1] = u0.y;
-            qb[t][4 * c + 1][0] = u0.z, qb[t][4 * c + 1][1] = u0.w;
-            qb[t][4 * c + 2][0] = u1.x, qb[t][4 * c + 2][1] = u1.y;
-            qb[t][4 * c + 3][0] = u1.z, qb[t][4 * c + 3][1] = u1.w;
+            qb[t][4 * c][0] = u0.x; /* k-steps 4c.. 4c + 3 */
+            qb[t][4 * c][1] = u0.y;
+            qb[t][4 * c + 1][0] = u0.z;
+            qb[t][4 * c + 1][1] = u0.w;
+            qb[t][4 * c + 2][0] = u1.x;
+            qb[t][4 * c + 2][1] = u1.y;
+            qb[t][4 * c + 3][0] = u1.z;
+            qb[t][4 * c + 3][1] = u1.w;
         }
     }
 
@@ -733,7 +749,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
             s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
-            /* word ks: bytes 4s.. + 3 of the key's chunk c, dims (2tq, 2tq + 1 | 2tq + 8, 2tq + 9) */
+            /* word ks = 4c + s: bytes 4s.. + 3 of chunk c, the k-step's
+             * dims 2tq, 2tq + 1 | 2tq + 8, 2tq + 9 */
             uint32_t a[4];
             const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
 #pragma unroll
@@ -798,8 +815,10 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
             /* dims d = (D/8) g + 2mt, d + 1: bytes 2 (mt % 2).. of word mt / 2 */
             uint32_t a[4];
             const uint32_t sel = (mt & 1) ? 0x7362 : 0x5140;
-            const uint32_t t02 = __byte_perm(x.v[0][mt / 2] ^ 0x80808080u, x.v[2][mt / 2] ^ 0x80808080u, sel);
-            const uint32_t t13 = __byte_perm(x.v[1][mt / 2] ^ 0x80808080u, x.v[3][mt / 2] ^ 0x80808080u, sel);
+            const uint32_t t02 =
+                __byte_perm(x.v[0][mt / 2] ^ 0x80808080u, x.v[2][mt / 2] ^ 0x80808080u, sel);
+            const uint32_t t13 =
+                __byte_perm(x.v[1][mt / 2] ^ 0x80808080u, x.v[3][mt / 2] ^ 0x80808080u, sel);
             const __half2 bias = __floats2half2_rn(1152.0f, 1152.0f);
             a[0] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5140)), bias));
             a[1] = h2_as_u32(__hsub2(u32_as_h2(__byte_perm(t02, 0x64646464u, 0x5342)), bias));
@@ -842,7 +861,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
             float *dst = xo + (warp * 8 * NR + row) * XLD + (D / 8) * g;
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
-                *reinterpret_cast<float2 *>(dst + 2 * mt) = make_float2(o[t][mt][e], o[t][mt][2 + e]);
+                *reinterpret_cast<float2 *>(dst + 2 * mt) =
+                    make_float2(o[t][mt][e], o[t][mt][2 + e]);
         }
     __syncthreads();
     /* thread: row tid / 16, dims (tid % 16) * D / 16.. */
@@ -858,7 +878,9 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
         float L = 0.0f, f[4];
 #pragma unroll
         for (int v = 0; v < 4; v++) {
-            f[v] = xm[v * 8 * NR + row] == -INFINITY ? 0.0f : exp2f((xm[v * 8 * NR + row] - M) * scale_log2);
+            f[v] = xm[v * 8 * NR + row] == -INFINITY
+                       ? 0.0f
+                       : exp2f((xm[v * 8 * NR + row] - M) * scale_log2);
             L += xl[v * 8 * NR + row] * f[v];
         }
         float acc[DPT];
@@ -869,8 +891,12 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
         for (int v = 0; v < 4; v++)
 #pragma unroll
             for (int i = 0; i < DPT; i += 4) {
-                const float4 a = *reinterpret_cast<const float4 *>(xo + (v * 8 * NR + row) * XLD + d0 + i);
-                acc[i] += a.x * f[v], acc[i + 1] += a.y * f[v], acc[i + 2] += a.z * f[v], acc[i + 3] += a.w * f[v];
+                const float4 a =
+                    *reinterpret_cast<const float4 *>(xo + (v * 8 * NR + row) * XLD + d0 + i);
+                acc[i] += a.x * f[v];
+                acc[i + 1] += a.y * f[v];
+                acc[i + 2] += a.z * f[v];
+                acc[i + 3] += a.w * f[v];
             }
         if (row >= n_rows)
             continue;
@@ -879,7 +905,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
             __half *d = out + q_off(w.row0 + row) + d0;
 #pragma unroll
             for (int i = 0; i < DPT; i += 2)
-                *reinterpret_cast<__half2 *>(d + i) = __floats2half2_rn(acc[i] * inv, acc[i + 1] * inv);
+                *reinterpret_cast<__half2 *>(d + i) =
+                    __floats2half2_rn(acc[i] * inv, acc[i + 1] * inv);
         } else {
             float *pp = part_o + ((int64_t)w.part * 16 + row) * D + d0;
 #pragma unroll
@@ -887,7 +914,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
                 *reinterpret_cast<float4 *>(pp + i) =
                     make_float4(acc[i] * inv, acc[i + 1] * inv, acc[i + 2] * inv, acc[i + 3] * inv);
             if (threadIdx.x % 16 == 0)
-                part_lse[(int64_t)w.part * 16 + row] = L > 0.0f ? M * scale_log2 + log2f(L) : -INFINITY;
+                part_lse[(int64_t)w.part * 16 + row] =
+                    L > 0.0f ? M * scale_log2 + log2f(L) : -INFINITY;
         }
     }
     if (w.part >= 0)
@@ -972,11 +1000,13 @@ static void launch_attn_dec(const __half *q, __half *out, const cu_attn_seg *seg
                             cudaStream_t s)
 {
     if (rows > 8)
-        q3_launch(attn_dec_kernel<D, 2>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 2), s, q, out, segs,
-                  w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
+        q3_launch(attn_dec_kernel<D, 2>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 2), s, q, out,
+                  segs, w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
+                  comb_counters);
     else
-        q3_launch(attn_dec_kernel<D, 1>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 1), s, q, out, segs,
-                  w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb, comb_counters);
+        q3_launch(attn_dec_kernel<D, 1>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 1), s, q, out,
+                  segs, w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
+                  comb_counters);
 }
 
 template <int D, bool I8, int ST, int QT>
@@ -1026,21 +1056,25 @@ static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
     if constexpr (!I8) {
         const attn_shape sh = attn_f16_shape(D);
         if (sh.qt == 2 && sh.st == 2)
-            launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+            launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, small_rows, w_large,
+                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
+                                           comb, comb_counters, s);
         else if (sh.qt == 2)
-            launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+            launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, small_rows, w_large,
+                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
+                                           comb, comb_counters, s);
         else if (sh.st == 1)
-            launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+            launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, small_rows, w_large,
+                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
+                                           comb, comb_counters, s);
         else
-            launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                                           kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+            launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large,
+                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
+                                           comb, comb_counters, s);
         return;
     }
-    launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer,
-                                n_heads, part_o, part_lse, comb, comb_counters, s);
+    launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
+                                kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
 }
 
 extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
@@ -1062,10 +1096,22 @@ extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg 
     if (n_heads % kv.n_kv_heads || kv.page_size != ATT_PAGE)
         return cudaErrorInvalidValue;
     switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
-    case 128: launch_attn<64, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
-    case 129: launch_attn<64, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
-    case 256: launch_attn<128, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
-    case 257: launch_attn<128, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages, kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s); break;
+    case 128:
+        launch_attn<64, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
+                               kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+        break;
+    case 129:
+        launch_attn<64, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
+                              kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+        break;
+    case 256:
+        launch_attn<128, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
+                                kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+        break;
+    case 257:
+        launch_attn<128, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
+                               kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+        break;
     default: return cudaErrorInvalidValue;
     }
     return cudaGetLastError();

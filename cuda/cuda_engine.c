@@ -1396,9 +1396,9 @@ static int pass_run(cuda_engine *e, const struct pass *p, float *logits_out, err
                                        e->attn_factor, e->qa, e->kv, l, e->stream));
         prof(e, P_ATTN);
         CU_CHECK(cu_attention(e->qa, e->att, DEV(e, p->as), DEV(e, p->ws), p->small_grid,
-                              p->small_rows, DEV(e, p->wl), p->n_large, DEV(e, p->cb), DEV(e, p->pages), e->kv,
-                              l, c->n_heads, e->att_part_o, e->att_part_lse,
-                              e->att_comb_counters, e->stream));
+                              p->small_rows, DEV(e, p->wl), p->n_large, DEV(e, p->cb),
+                              DEV(e, p->pages), e->kv, l, c->n_heads, e->att_part_o,
+                              e->att_part_lse, e->att_comb_counters, e->stream));
         prof(e, P_O);
         if (linear(e, &L->o, e->att, T, e->y, err))
             return -1;

@@ -157,16 +157,17 @@ cudaError_t cu_qk_norm_rope_store(const void *qkv, int T, int n_heads, int n_kv,
 int cu_attn_prefill_rows(int head_dim, int int8);
 
 /* Row tiles: 16 rows per block for w_small (small_rows: the most rows any
- * of them has, at most 16; 8 or fewer take a leaner kernel),
- * cu_attn_prefill_rows() for w_large. Key ranges start at multiples of 64 and pages hold 16 positions
- * (kv.page_size; anything else is cudaErrorInvalidValue). part_o holds
- * [part][16][D] fp32, part_lse [part][16]; comb_counters one int per entry
- * of comb, zero before the first call (each call leaves them zero). */
+ * of them has, at most 16, which picks the int8 decode kernel's variant),
+ * cu_attn_prefill_rows() for w_large. Key ranges start at multiples of 64
+ * and pages hold 16 positions (kv.page_size; anything else is
+ * cudaErrorInvalidValue). part_o holds [part][16][D] fp32, part_lse
+ * [part][16]; comb_counters one int per entry of comb, zero before the
+ * first call (each call leaves them zero). */
 cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
                          const cu_attn_work *w_small, int n_small, int small_rows,
-                         const cu_attn_work *w_large, int n_large, const cu_attn_combine *comb, const int32_t *pages,
-                         cu_kv kv, int layer, int n_heads, float *part_o, float *part_lse,
-                         int *comb_counters, cudaStream_t s);
+                         const cu_attn_work *w_large, int n_large, const cu_attn_combine *comb,
+                         const int32_t *pages, cu_kv kv, int layer, int n_heads, float *part_o,
+                         float *part_lse, int *comb_counters, cudaStream_t s);
 
 /* ---- swiglu.cu ---- */
 
