@@ -3,7 +3,9 @@
 # over a synthetic corpus of N documents (default 2000) whose lengths are
 # log-normal between 200 and 30,000 tokens, 256 new tokens each,
 # non-thinking, on random AWQ weights in Qwen3-14B shapes (--synthetic-model).
-#   QWEN3_BATCH=... tests/gpu/corpus_bench.sh [N] [MAX_RUN_TIME] [DIR]
+#   QWEN3_BATCH=... [KV=f16|int8] tests/gpu/corpus_bench.sh [N] [MAX_RUN_TIME] [DIR]
+# KV is the job's runtime.kv_cache (default f16, the job file default;
+# jobs/summarize.yaml, the main job, uses int8).
 # With DIR the corpus, job, ledger and results live there and are kept: a
 # second call with the same DIR resumes the run, so the whole corpus can be
 # measured over several time-limited calls (the summary line of each call
@@ -21,6 +23,7 @@
 set -eu
 Q=${QWEN3_BATCH:-./qwen3-batch}
 N=${1:-2000}
+KV=${KV:-f16}
 LIMIT=${2:-0}
 dir=${3:-$(mktemp -d)}
 mkdir -p "$dir"
@@ -57,6 +60,7 @@ batching:
 runtime:
   backend: cuda
   progress: json
+  kv_cache: $KV
 Y
 set --
 [ "$LIMIT" != 0 ] && set -- --max-run-time "$LIMIT"
