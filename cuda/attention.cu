@@ -992,89 +992,88 @@ static bool attn_dec_old(void)
     return v;
 }
 
-template <int D>
-static void launch_attn_dec(const __half *q, __half *out, const cu_attn_seg *segs,
-                            const cu_attn_work *w, int n, int rows, const int32_t *pages, cu_kv kv,
-                            int layer, int n_heads, float scale_log2, float *part_o,
-                            float *part_lse, const cu_attn_combine *comb, int *comb_counters,
-                            cudaStream_t s)
+/* One cu_attention call's arguments, which every launch below passes on. */
+struct attn_args {
+    const __half *q;
+    __half *out;
+    const cu_attn_seg *segs;
+    const cu_attn_work *w_small, *w_large;
+    int n_small, small_rows, n_large;
+    const int32_t *pages;
+    cu_kv kv;
+    int layer, n_heads;
+    float *part_o, *part_lse;
+    const cu_attn_combine *comb;
+    int *comb_counters;
+    cudaStream_t s;
+};
+
+/* kern (attn_kernel or attn_dec_kernel, same parameters) over n works. */
+template <typename K>
+static void attn_launch(K kern, const cu_attn_work *works, int n, size_t smem, float scale_log2,
+                        const attn_args &a)
 {
-    if (rows > 8)
-        q3_launch(attn_dec_kernel<D, 2>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 2), s, q, out,
-                  segs, w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
-                  comb_counters);
-    else
-        q3_launch(attn_dec_kernel<D, 1>, dim3(n), dim3(128), attn_dec_smem_bytes(D, 1), s, q, out,
-                  segs, w, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
-                  comb_counters);
+    q3_launch(kern, dim3(n), dim3(128), smem, a.s, a.q, a.out, a.segs, works, a.pages, a.kv,
+              a.layer, a.n_heads, scale_log2, a.part_o, a.part_lse, a.comb, a.comb_counters);
 }
 
 template <int D, bool I8, int ST, int QT>
-static void launch_attn_st(const __half *q, __half *out, const cu_attn_seg *segs,
-                           const cu_attn_work *w_small, int n_small, int small_rows,
-                           const cu_attn_work *w_large, int n_large, const int32_t *pages, cu_kv kv,
-                           int layer, int n_heads, float *part_o, float *part_lse,
-                           const cu_attn_combine *comb, int *comb_counters, cudaStream_t s)
+static void launch_attn_st(const attn_args &a)
 {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
     const size_t smem2 = attn_smem_bytes(D, I8, ST, QT), smemd = attn_smem_dec_bytes(D, I8, ST);
     static bool attr_set = false; /* once per instantiation; harmless if repeated */
     if (!attr_set) {
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smemd);
         /* All of the SM's unified L1/shared memory as shared memory: the
          * default carveout left room for two ~70 KB blocks, not three. */
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>, cudaFuncAttributePreferredSharedMemoryCarveout,
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>,
+                             cudaFuncAttributePreferredSharedMemoryCarveout,
                              (int)cudaSharedmemCarveoutMaxShared);
-        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>, cudaFuncAttributePreferredSharedMemoryCarveout,
+        cudaFuncSetAttribute(attn_kernel<D, 4, I8, true, ST>,
+                             cudaFuncAttributePreferredSharedMemoryCarveout,
                              (int)cudaSharedmemCarveoutMaxShared);
         attr_set = true;
     }
-    if (n_large > 0)
-        q3_launch(attn_kernel<D, 4, I8, false, ST, QT>, dim3(n_large), dim3(128), smem2, s, q, out,
-                  segs, w_large, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
-                  comb_counters);
-    /* Decode tiles are 16 rows; the four warps split each key tile. */
-    if (n_small > 0 && (!I8 || attn_dec_old()))
-        q3_launch(attn_kernel<D, 4, I8, true, ST>, dim3(n_small), dim3(128), smemd, s, q, out,
-                  segs, w_small, pages, kv, layer, n_heads, scale_log2, part_o, part_lse, comb,
-                  comb_counters);
-    else if (n_small > 0)
-        launch_attn_dec<D>(q, out, segs, w_small, n_small, small_rows, pages, kv, layer, n_heads,
-                           scale_log2, part_o, part_lse, comb, comb_counters, s);
+    if (a.n_large > 0)
+        attn_launch(attn_kernel<D, 4, I8, false, ST, QT>, a.w_large, a.n_large, smem2,
+                    scale_log2, a);
+    if (a.n_small <= 0)
+        return;
+    /* Decode tiles: fp16 pages (and int8 with QWEN3_BATCH_ATTN_DEC=old) in
+     * attn_kernel's 16-row tiles, whose four warps split each key tile;
+     * int8 pages in attn_dec_kernel, 8 rows a tile where they fit. */
+    if (!I8 || attn_dec_old())
+        attn_launch(attn_kernel<D, 4, I8, true, ST>, a.w_small, a.n_small, smemd, scale_log2, a);
+    else if (a.small_rows > 8)
+        attn_launch(attn_dec_kernel<D, 2>, a.w_small, a.n_small, attn_dec_smem_bytes(D, 2),
+                    scale_log2, a);
+    else
+        attn_launch(attn_dec_kernel<D, 1>, a.w_small, a.n_small, attn_dec_smem_bytes(D, 1),
+                    scale_log2, a);
 }
 
 /* int8 pages keep one fp16 stage (their raw bytes have two) and one query
  * tile per warp whatever the GPU; fp16 pages take attn_f16_shape. */
 template <int D, bool I8>
-static void launch_attn(const __half *q, __half *out, const cu_attn_seg *segs,
-                        const cu_attn_work *w_small, int n_small, int small_rows,
-                        const cu_attn_work *w_large, int n_large, const int32_t *pages, cu_kv kv,
-                        int layer, int n_heads, float *part_o, float *part_lse,
-                        const cu_attn_combine *comb, int *comb_counters, cudaStream_t s)
+static void launch_attn(const attn_args &a)
 {
     if constexpr (!I8) {
         const attn_shape sh = attn_f16_shape(D);
         if (sh.qt == 2 && sh.st == 2)
-            launch_attn_st<D, false, 2, 2>(q, out, segs, w_small, n_small, small_rows, w_large,
-                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
-                                           comb, comb_counters, s);
+            launch_attn_st<D, false, 2, 2>(a);
         else if (sh.qt == 2)
-            launch_attn_st<D, false, 1, 2>(q, out, segs, w_small, n_small, small_rows, w_large,
-                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
-                                           comb, comb_counters, s);
+            launch_attn_st<D, false, 1, 2>(a);
         else if (sh.st == 1)
-            launch_attn_st<D, false, 1, 1>(q, out, segs, w_small, n_small, small_rows, w_large,
-                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
-                                           comb, comb_counters, s);
+            launch_attn_st<D, false, 1, 1>(a);
         else
-            launch_attn_st<D, false, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large,
-                                           n_large, pages, kv, layer, n_heads, part_o, part_lse,
-                                           comb, comb_counters, s);
+            launch_attn_st<D, false, 2, 1>(a);
         return;
     }
-    launch_attn_st<D, I8, 2, 1>(q, out, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                                kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
+    launch_attn_st<D, I8, 2, 1>(a);
 }
 
 extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
@@ -1091,27 +1090,16 @@ extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg 
                                     int layer, int n_heads, float *part_o, float *part_lse,
                                     int *comb_counters, cudaStream_t s)
 {
-    const __half *qh = (const __half *)q;
-    __half *oh = (__half *)out;
     if (n_heads % kv.n_kv_heads || kv.page_size != ATT_PAGE)
         return cudaErrorInvalidValue;
+    const attn_args a = {(const __half *)q, (__half *)out, segs, w_small, w_large, n_small,
+                         small_rows, n_large, pages, kv, layer, n_heads, part_o, part_lse,
+                         comb, comb_counters, s};
     switch (kv.head_dim * 2 + (kv.int8 ? 1 : 0)) {
-    case 128:
-        launch_attn<64, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                               kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
-        break;
-    case 129:
-        launch_attn<64, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                              kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
-        break;
-    case 256:
-        launch_attn<128, false>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                                kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
-        break;
-    case 257:
-        launch_attn<128, true>(qh, oh, segs, w_small, n_small, small_rows, w_large, n_large, pages,
-                               kv, layer, n_heads, part_o, part_lse, comb, comb_counters, s);
-        break;
+    case 128: launch_attn<64, false>(a); break;
+    case 129: launch_attn<64, true>(a); break;
+    case 256: launch_attn<128, false>(a); break;
+    case 257: launch_attn<128, true>(a); break;
     default: return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
