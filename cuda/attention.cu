@@ -953,12 +953,6 @@ struct attn_shape {
     int qt, st;
 };
 
-static int env_1or2(const char *name)
-{
-    const char *e = getenv(name);
-    return e && (e[0] == '1' || e[0] == '2') && !e[1] ? e[0] - '0' : 0;
-}
-
 static attn_shape attn_f16_shape(int D)
 {
     static attn_shape memo[2]; /* D = 64, 128 */
@@ -971,7 +965,8 @@ static attn_shape attn_f16_shape(int D)
         const int b = (int)((size_t)per_sm / (attn_smem_bytes(D, false, st, qt) + (size_t)reserved));
         return b < 3 ? b : 3;
     };
-    int qt = env_1or2("QWEN3_BATCH_ATTN_QT"), st = env_1or2("QWEN3_BATCH_ATTN_STAGES");
+    int qt = q3_env_int("QWEN3_BATCH_ATTN_QT", 1, 2, 0);
+    int st = q3_env_int("QWEN3_BATCH_ATTN_STAGES", 1, 2, 0);
     if (!qt)
         qt = blocks(st ? st : 2, 2) >= 2 ? 2 : 1;
     if (!st)

@@ -45,15 +45,25 @@ static int q3_dev_attr(enum cudaDeviceAttr a, int fallback)
     return v;
 }
 
+/* A measurement switch (docs/PERF-cuda.md): the environment variable's
+ * value if it is a whole number within [lo, hi], else dflt. Callers keep
+ * the result in a static: switches are read once per process. */
+static int q3_env_int(const char *name, int lo, int hi, int dflt)
+{
+    const char *e = getenv(name);
+    char *end;
+    const long v = e && *e ? strtol(e, &end, 10) : 0;
+    return e && *e && !*end && v >= lo && v <= hi ? (int)v : dflt;
+}
+
 /* Whether q3_launch uses programmatic dependent launch: sm_90 and later,
  * unless QWEN3_BATCH_NO_PDL=1 (for measurements). */
 static int q3_pdl_on(void)
 {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("QWEN3_BATCH_NO_PDL");
-        on = q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) >= 9 && !(e && *e == '1');
-    }
+    if (on < 0)
+        on = q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) >= 9 &&
+             !q3_env_int("QWEN3_BATCH_NO_PDL", 1, 1, 0);
     return on;
 }
 

@@ -670,10 +670,8 @@ static void w4_set_max_smem(const w4_kernel_fn *k, int n, size_t bytes)
 static int w4s_warps(void)
 {
     static int w = 0;
-    if (!w) {
-        const char *e = getenv("QWEN3_BATCH_W4S_WARPS");
-        w = e && atoi(e) == 4 ? 4 : 8;
-    }
+    if (!w)
+        w = q3_env_int("QWEN3_BATCH_W4S_WARPS", 4, 4, 8);
     return w;
 }
 
@@ -795,8 +793,7 @@ static int w4s_splits(int K, int N, int n_sm, int nb)
     static int bps1 = -1, bps2 = -1, old = 0;
     if (bps1 < 0) {
         w4s_init();
-        const char *e = getenv("QWEN3_BATCH_W4S_SHARED_SPLITS");
-        old = e && *e == '1';
+        old = q3_env_int("QWEN3_BATCH_W4S_SHARED_SPLITS", 1, 1, 0);
         bps1 = w4s_blocks_per_sm(1, 4096);
         if (bps1 < 1)
             bps1 = 1;
@@ -821,10 +818,8 @@ static int w4s_splits(int K, int N, int n_sm, int nb)
 static int w4s_enabled(void)
 {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("QWEN3_BATCH_W4_SMALL");
-        on = !(e && *e == '0');
-    }
+    if (on < 0)
+        on = q3_env_int("QWEN3_BATCH_W4_SMALL", 0, 0, 1);
     return on;
 }
 
@@ -1027,10 +1022,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
 static int w4r_warps(void)
 {
     static int w = 0;
-    if (!w) {
-        const char *e = getenv("QWEN3_BATCH_W4R_WARPS");
-        w = e && atoi(e) == 4 ? 4 : 8;
-    }
+    if (!w)
+        w = q3_env_int("QWEN3_BATCH_W4R_WARPS", 4, 4, 8);
     return w;
 }
 
@@ -1039,12 +1032,8 @@ static int w4r_warps(void)
 static int w4r_forced_splits(void)
 {
     static int forced = -1;
-    if (forced < 0) {
-        const char *e = getenv("QWEN3_BATCH_W4R_SPLITS");
-        forced = e ? atoi(e) : 0;
-        if (forced < 0 || forced > W4G_MAX_SPLITS)
-            forced = 0;
-    }
+    if (forced < 0)
+        forced = q3_env_int("QWEN3_BATCH_W4R_SPLITS", 1, W4G_MAX_SPLITS, 0);
     return forced;
 }
 
@@ -1387,8 +1376,8 @@ static int w4g_enabled(void)
     static int on = -1;
     if (on < 0) {
 #if defined(Q3_SM90A)
-        const char *e = getenv("QWEN3_BATCH_W4_WG");
-        on = !(e && *e == '0') && q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
+        on = q3_env_int("QWEN3_BATCH_W4_WG", 0, 0, 1) &&
+             q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
              q3_dev_attr(cudaDevAttrComputeCapabilityMinor, 0) == 0;
         if (on && (cudaFuncSetAttribute(w4a16_wg_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)w4g_smem_bytes<4>()) != cudaSuccess ||
