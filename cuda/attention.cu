@@ -203,13 +203,13 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
             __syncthreads();
     };
 
-    /* Element offsets in the cache (cu_kv): K of (page, layer, kv_head, t)
+    /* Element offsets in the cache (cu_kv): K of (layer, page, kv_head, t)
      * at page * page_el + lay_el + t * D; V one head block further. Tiles
      * start at multiples of 64 keys (the host's work lists), so chunk i's
      * page and offset in it are (kw + i * KSTEP) / ATT_PAGE and
      * r + (i * KSTEP) % ATT_PAGE: constants but for kw and r. */
-    const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
-    const int64_t lay_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
+    const int64_t page_el = (int64_t)2 * kv.n_kv_heads * ATT_PAGE * D;
+    const int64_t lay_el = ((int64_t)layer * kv.n_pages * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
     const int64_t my_el = lay_el + r * D + dc * 8;
     const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
 
@@ -660,8 +660,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
         uint32_t k[2][KW], v[4][VW], ks, vs;
     };
     const int kw = 16 * warp;
-    const int64_t page_el = (int64_t)kv.n_layers * 2 * kv.n_kv_heads * ATT_PAGE * D;
-    const int64_t lay_el = ((int64_t)layer * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
+    const int64_t page_el = (int64_t)2 * kv.n_kv_heads * ATT_PAGE * D;
+    const int64_t lay_el = ((int64_t)layer * kv.n_pages * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
     const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
     /* The warp's tiles: n_t of them; tile i's page index is lane i % 32 of
      * pidx, loaded 32 tiles at a time (the first before pdl_wait: the page
@@ -712,7 +712,7 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
                 x.v[j][0] = u.x, x.v[j][1] = u.y;
             }
         }
-        /* one fp16 scale per (page, layer, kv, head, t): el / D */
+        /* one fp16 scale per (layer, page, kv, head, t): el / D */
         const uint32_t *sc =
             (const uint32_t *)((const __half *)kv.scales + (page * page_el + lay_el) / D) + g;
         x.ks = __ldg(sc);

@@ -560,6 +560,7 @@ static int alloc_kv(cuda_engine *e, errbuf *err)
     e->info.kv_cache = e->used - before;
     e->info.kv_tokens = want_pages * PAGE_SIZE;
     e->kv.n_layers = c->n_layers;
+    e->kv.n_pages = (int)want_pages;
     e->kv.n_kv_heads = c->n_kv_heads;
     e->kv.head_dim = c->head_dim;
     e->kv.page_size = PAGE_SIZE;
@@ -982,13 +983,16 @@ static int cu_seq_fork(eng *base, int src, int n_prefix, const sample_params *sp
             seq_clear(e, s);
             return errorf(err, "out of host memory");
         }
-        cudaError_t ce = cudaMemcpyAsync((char *)e->kv.data + (size_t)p * e->page_bytes,
-                                         (char *)e->kv.data + (size_t)q * e->page_bytes,
-                                         e->page_bytes, cudaMemcpyDeviceToDevice, e->stream);
+        /* a page is n_layers slabs, one per layer region (cu_kv) */
+        const size_t L = (size_t)e->c.n_layers, pb = e->page_bytes / L, sb = e->page_scale_bytes / L;
+        const size_t np = (size_t)e->kv.n_pages;
+        cudaError_t ce = cudaMemcpy2DAsync((char *)e->kv.data + (size_t)p * pb, np * pb,
+                                           (char *)e->kv.data + (size_t)q * pb, np * pb, pb, L,
+                                           cudaMemcpyDeviceToDevice, e->stream);
         if (ce == cudaSuccess && e->kv.int8)
-            ce = cudaMemcpyAsync((char *)e->kv.scales + (size_t)p * e->page_scale_bytes,
-                                 (char *)e->kv.scales + (size_t)q * e->page_scale_bytes,
-                                 e->page_scale_bytes, cudaMemcpyDeviceToDevice, e->stream);
+            ce = cudaMemcpy2DAsync((char *)e->kv.scales + (size_t)p * sb, np * sb,
+                                   (char *)e->kv.scales + (size_t)q * sb, np * sb, sb, L,
+                                   cudaMemcpyDeviceToDevice, e->stream);
         if (ce != cudaSuccess) {
             seq_clear(e, s);
             return errorf(err, "fork: copying a KV page: %s", cudaGetErrorString(ce));

@@ -23,16 +23,20 @@ extern "C" {
 
 /*
  * The paged KV cache. A page holds page_size consecutive positions of one
- * sequence for every layer, so that copying a page (copy-on-write at a fork)
- * is one memcpy. Element (page, layer, kv (0 = K, 1 = V), head, t, d) lives at
- *   ((((page * n_layers + layer) * 2 + kv) * n_kv_heads + head) * page_size + t) * head_dim + d
- * in fp16, or in int8 with one fp16 scale per (page, layer, kv, head, t) at
- *   (((page * n_layers + layer) * 2 + kv) * n_kv_heads + head) * page_size + t.
+ * sequence; each layer has its own region of n_pages pages, so that a
+ * layer's keys are near each other (one step's attention touches few
+ * address-translation pages). Element (layer, page, kv (0 = K, 1 = V),
+ * head, t, d) lives at
+ *   ((((layer * n_pages + page) * 2 + kv) * n_kv_heads + head) * page_size + t) * head_dim + d
+ * in fp16, or in int8 with one fp16 scale per (layer, page, kv, head, t) at
+ *   (((layer * n_pages + page) * 2 + kv) * n_kv_heads + head) * page_size + t.
+ * Copying a page (copy-on-write at a fork) is one strided copy.
  */
 typedef struct cu_kv {
     void *data;
     void *scales; /* int8 only */
     int n_layers, n_kv_heads, head_dim, page_size;
+    int n_pages; /* pages per layer region */
     int int8;
 } cu_kv;
 

@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(256)
     const int h = head - n_heads - (is_v ? n_kv : 0);
     const int s = slot[t];
     const int page = s / kv.page_size, off = s % kv.page_size;
-    const int64_t row = (((int64_t)page * kv.n_layers + layer) * 2 + which) * kv.n_kv_heads + h;
+    const int64_t row = (((int64_t)layer * kv.n_pages + page) * 2 + which) * kv.n_kv_heads + h;
     const int64_t base = (row * kv.page_size + off) * D;
     if (!kv.int8) {
         __half *dst = (__half *)kv.data + base;
