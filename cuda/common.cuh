@@ -202,6 +202,28 @@ static __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a)
     return d;
 }
 
+/* The value, opaque to the compiler: it is kept in a register as computed
+ * instead of being rematerialized (the address arithmetic of a loop redone
+ * from threadIdx in every iteration). */
+static __device__ __forceinline__ uint32_t reg_keep(uint32_t v)
+{
+    asm volatile("" : "+r"(v));
+    return v;
+}
+
+static __device__ __forceinline__ int64_t reg_keep(int64_t v)
+{
+    asm volatile("" : "+l"(v));
+    return v;
+}
+
+template <typename T> static __device__ __forceinline__ T *reg_keep(T *p)
+{
+    uint64_t v = (uint64_t)p;
+    asm volatile("" : "+l"(v));
+    return (T *)v;
+}
+
 /* A 16-byte load that bypasses L1 allocation: streamed weights are read once. */
 static __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
 {

@@ -565,8 +565,8 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
      * cold group costs a whole memory round trip per tile (measured: half
      * the bandwidth). The first tiles are requested before x is staged. */
     const int col0 = (live ? nt : 0) * 16 + g;
-    const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
-    const __half2 *szc = sz + col0;
+    const uint4 *src = reg_keep(qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane);
+    const __half2 *szc = reg_keep(sz + col0);
     uint4 buf[W4S_U];
     __half2 sv0[W4S_U], sv1[W4S_U];
 #pragma unroll
@@ -910,8 +910,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     const int n_chunks = (n_kt + U - 1) / U;
 
     const int col0 = (live ? nt : 0) * 16 + g;
-    const uint4 *src = qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane;
-    const __half2 *szc = sz + col0;
+    const uint4 *src = reg_keep(qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane);
+    const __half2 *szc = reg_keep(sz + col0);
     uint4 buf[U];
     __half2 sv0[U], sv1[U];
 #pragma unroll
@@ -1131,7 +1131,8 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  *   x as A padded to 64 rows (m64n128k16): gate_up 94.5 at 32 rows against
  *   the rows kernel's 83.9, 4-15% ahead of it at 64.
  */
-#define W4G_XS 5 /* x stages */
+#define W4G_XS 4 /* x stages (a power of two) */
+
 #ifndef W4G_U
 #define W4G_U 4 /* weight tiles in flight per thread (the ring; -D for experiments) */
 #endif
@@ -1153,6 +1154,19 @@ static __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr)
 {
     return (uint64_t)((saddr & 0x3ffffu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
            ((uint64_t)1 << 62);
+}
+
+/* The same in two halves: the low word of a stage's descriptor plus
+ * (offset >> 4) is the descriptor at that offset (the 14-bit address field
+ * cannot carry: shared memory ends below 256 KB). */
+static __device__ __forceinline__ uint32_t wg_desc_lo(uint32_t saddr)
+{
+    return (uint32_t)wg_desc(saddr);
+}
+
+static __device__ __forceinline__ uint64_t wg_desc_from(uint32_t lo)
+{
+    return ((uint64_t)((1024 >> 4) | (1u << 30)) << 32) | lo;
 }
 
 static __device__ __forceinline__ void wg_fence(void)
@@ -1186,15 +1200,6 @@ static __device__ __forceinline__ void wg_hold(float *d)
 #pragma unroll
     for (int i = 0; i < N; i++)
         asm volatile("" : "+f"(d[i])::"memory");
-}
-
-static __device__ __forceinline__ void wg_hold_a(uint32_t (*a)[4])
-{
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            asm volatile("" : "+r"(a[i][j])::"memory");
 }
 
 /* D[64 x n] += A[64 x 16] B[16 x n]: A from registers (warp w of the group:
@@ -1256,6 +1261,7 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
 {
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     static_assert(NB == 4 || NB == 8, "n = 32 or 64 rows");
+    static_assert((W4G_XS & (W4G_XS - 1)) == 0 && W4G_XS >= 4, "x stages: a power of two, >= 4");
     constexpr int ROWS = NB * 8, STAGE = ROWS * 128, U = W4G_U;
     pdl_trigger();
     extern __shared__ __align__(16) unsigned char w4g_raw[];
@@ -1263,15 +1269,17 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
     const uint32_t sx0 = (raw + 1023u) & ~1023u; /* the swizzle repeats every 1024 bytes */
     unsigned char *gx0 = w4g_raw + (sx0 - raw);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int g = lane >> 2, tq = lane & 3;
+    const int g = lane >> 2;
     const int kt_count = K / 64;
     const int kt0 = blockIdx.y * kt_per_split;
     const int n_kt = min(kt0 + kt_per_split, kt_count) - kt0;
 
     /* As the rows kernel: warp = 16-column tile nt, columns col0 and + 8. */
     const int nt = blockIdx.x * 8 + warp, col0 = nt * 16 + g;
-    const uint4 *src = qw + ((int64_t)nt * kt_count + kt0) * 32 + lane;
-    const __half2 *szc = sz + col0;
+    /* reg_keep: computed once and held in a register; without it the
+     * compiler recomputed these addresses from threadIdx in every tile */
+    const uint4 *src = reg_keep(qw + ((int64_t)nt * kt_count + kt0) * 32 + lane);
+    const __half2 *szc = reg_keep(sz + col0);
     uint4 buf[U];
     __half2 sv0[U], sv1[U];
 #pragma unroll
@@ -1291,19 +1299,24 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
         *reinterpret_cast<uint4 *>(gx0 + st * STAGE + (M + (rem >> 3)) * 128 + (rem & 7) * 16) =
             make_uint4(0, 0, 0, 0);
     }
-    /* x: thread tid copies 16-byte chunk tid & 7 of rows tid / 8 + 32i. */
+    /* x: thread tid copies 16-byte chunk tid & 7 of rows tid / 8 + 32i; the
+     * rows 32 apart share the swizzle (r & 7), so one shared-memory offset
+     * and one global pointer serve them all, plus constants. Everything a
+     * tile computes is a stage base and a k offset: the per-tile address
+     * arithmetic was most of this kernel's instructions. */
     const int xr = tid >> 3, xc = tid & 7;
-    const __half *xg = x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8;
+    const uint32_t xs_off = reg_keep((uint32_t)xr * 128 + ((xc ^ (xr & 7)) << 4));
+    const char *xg =
+        reg_keep(reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
+    const int64_t xrow32 = reg_keep((int64_t)64 * ldx); /* bytes from row r to r + 32 */
     auto stage_x = [&](int kt) {
         if (kt < n_kt) {
-            const uint32_t st = sx0 + (uint32_t)(kt % W4G_XS) * STAGE;
+            const uint32_t st = sx0 + (uint32_t)(kt & (W4G_XS - 1)) * STAGE + xs_off;
+            const char *gp = xg + (int64_t)kt * 128;
 #pragma unroll
-            for (int i = 0; i < ROWS / 32; i++) {
-                const int r = xr + 32 * i;
-                if (r < M)
-                    cp_async16_at(st + r * 128 + ((xc ^ (r & 7)) << 4),
-                                  xg + (int64_t)32 * i * ldx + (int64_t)kt * 64, 16);
-            }
+            for (int i = 0; i < ROWS / 32; i++)
+                if (xr + 32 * i < M)
+                    cp_async16_at(st + i * 4096, gp + i * xrow32, 16);
         }
         cp_async_commit(); /* one group per tile, empty past the slice */
     };
@@ -1311,12 +1324,11 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
     stage_x(1);
 
     const __half2 h960 = __float2half2_rn(960.0f), h16th = __float2half2_rn(0.0625f);
+    const uint32_t dlo = wg_desc_lo(sx0);
     float d[NB * 4];
 #pragma unroll
     for (int i = 0; i < NB * 4; i++)
         d[i] = 0.0f;
-    uint32_t a[2][4][4]; /* [tile & 1][k16 step][fragment] */
-
     for (int base_kt = 0; base_kt < n_kt; base_kt += U) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -1324,8 +1336,10 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
             if (kt >= n_kt)
                 break;
             wg_wait<0>(); /* the tile before is done: its registers and x stage are free */
-            wg_hold_a(a[u & 1]);
-            stage_x(kt + 2); /* its stage was last read by tile kt - 3 */
+            /* Its stage was last read by tile kt - 2, done everywhere: every
+             * warp waited for that tile at the top of tile kt - 1, before
+             * tile kt - 1's barrier, which this warp has passed. */
+            stage_x(kt + 2);
 
             const uint32_t words[4] = {buf[u].x, buf[u].y, buf[u].z, buf[u].w};
             const __half2 z0 = __high2half2(sv0[u]), z1 = __high2half2(sv1[u]);
@@ -1337,34 +1351,48 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
                 sv0[u] = __ldg(p);
                 sv1[u] = __ldg(p + 8);
             }
+            /* The A fragments, [k16 step][fragment]: a[0], a[2] column col0,
+             * a[1], a[3] col0 + 8. Fresh values per tile, not an array
+             * carried across tiles: ptxas keeps a wgmma's registers until
+             * its wait, and serializes the wgmmas (C7513) if a register that
+             * one read is written again within a pipeline stage. */
+            uint32_t a[4][4];
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
                 __half2 a2[4];
                 w4_pairs(words[kk], z0, z1, zs0, zs1, h16th, a2);
-                /* a[0], a[2]: column col0; a[1], a[3]: col0 + 8 */
-                a[u & 1][kk][0] = h2_as_u32(__hmul2(a2[0], s0));
-                a[u & 1][kk][1] = h2_as_u32(__hmul2(a2[1], s1));
-                a[u & 1][kk][2] = h2_as_u32(__hmul2(a2[2], s0));
-                a[u & 1][kk][3] = h2_as_u32(__hmul2(a2[3], s1));
+                a[kk][0] = h2_as_u32(__hmul2(a2[0], s0));
+                a[kk][1] = h2_as_u32(__hmul2(a2[1], s1));
+                a[kk][2] = h2_as_u32(__hmul2(a2[2], s0));
+                a[kk][3] = h2_as_u32(__hmul2(a2[3], s1));
             }
 
             cp_async_wait_pending<2>(); /* x of tile kt (two younger groups may fly) */
             fence_proxy_async();
             __syncthreads();
 
-            const uint32_t xs = sx0 + (uint32_t)(kt % W4G_XS) * STAGE;
+            /* the descriptors before the first wgmma: ptxas serializes
+             * wgmmas (C7513) when one's inputs are computed after another
+             * was issued */
+            const uint32_t xlo = dlo + (uint32_t)(kt & (W4G_XS - 1)) * (STAGE >> 4);
+            uint64_t xd[4];
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                xd[kk] = wg_desc_from(xlo + kk * 2);
+                asm volatile("" : "+l"(xd[kk])::"memory");
+            }
             wg_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                wg_mma_rs<NB>(d, a[u & 1][kk], wg_desc(xs + kk * 32));
+                wg_mma_rs<NB>(d, a[kk], xd[kk]);
             wg_commit();
             wg_hold<NB * 4>(d);
         }
     }
     wg_wait<0>();
     wg_hold<NB * 4>(d);
-    w4_store<NB>(reinterpret_cast<const float(*)[4]>(d), M, N, col0, tq, nt, lane, y, ldy, part,
-                 part_counters_off);
+    w4_store<NB>(reinterpret_cast<const float(*)[4]>(d), M, N, col0, lane & 3, nt, lane, y, ldy,
+                 part, part_counters_off);
 #endif
 }
 
