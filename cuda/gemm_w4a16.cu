@@ -675,6 +675,18 @@ static int w4s_warps(void)
     return w;
 }
 
+/* QWEN3_BATCH_W4_WG16 (measurement): 1 sends 9-16 rows to the wgmma
+ * kernel (n = 16) instead of the small kernel, 2 also 1-8 rows (n = 8). */
+static int w4g_small(void)
+{
+    static int v = -1;
+    if (v < 0)
+        v = q3_env_int("QWEN3_BATCH_W4_WG16", 0, 2, 0);
+    return v;
+}
+
+static int w4g_enabled(void);
+
 /* Blocks across N: one column tile of 16 per warp. */
 static int w4s_col_blocks(int N) { return (N / 16 + w4s_warps() - 1) / w4s_warps(); }
 
@@ -831,6 +843,8 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
 {
     const int optin = w4s_init();
     const int tiles_per_group = group / 64;
+    if (w4g_small() >= (M <= 8 ? 2 : 1) && w4g_enabled())
+        return cudaErrorNotSupported; /* the wgmma kernel takes these rows */
     if (M > W4S_MAX_ROWS || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
         N / 16 > W4_COUNTERS)
         return cudaErrorNotSupported;
@@ -1131,7 +1145,9 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  *   x as A padded to 64 rows (m64n128k16): gate_up 94.5 at 32 rows against
  *   the rows kernel's 83.9, 4-15% ahead of it at 64.
  */
+#ifndef W4G_XS
 #define W4G_XS 4 /* x stages (a power of two) */
+#endif
 
 #ifndef W4G_U
 #define W4G_U 4 /* weight tiles in flight per thread (the ring; -D for experiments) */
@@ -1242,15 +1258,56 @@ static __device__ __forceinline__ void wg_mma_rs_n64(float *d, const uint32_t *a
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
+static __device__ __forceinline__ void wg_mma_rs_n8(float *d, const uint32_t *a, uint64_t db)
+{
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "setp.ne.b32 p, %9, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n"
+                 "}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+static __device__ __forceinline__ void wg_mma_rs_n16(float *d, const uint32_t *a, uint64_t db)
+{
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "setp.ne.b32 p, %13, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n"
+                 "}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
 template <int NB>
 static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, uint64_t db)
 {
-    if (NB == 4)
+    if (NB == 1)
+        wg_mma_rs_n8(d, a, db);
+    else if (NB == 2)
+        wg_mma_rs_n16(d, a, db);
+    else if (NB == 4)
         wg_mma_rs_n32(d, a, db);
     else
         wg_mma_rs_n64(d, a, db);
 }
 #endif
+
+/* reg_keep where ON: the 64-row kernel holds its addresses in registers
+ * (gate_up 91.5 -> 80.3 us, down 43.9 -> 37.0 at 64 rows); at 32 rows
+ * that measured slower (gate_up 64.3 -> 70.3 us, with 90 registers against
+ * 87), so there the compiler recomputes them as before (w4a16_bench, H100,
+ * 2026-12-06, calls BF and BG). */
+template <bool ON, typename T> static __device__ __forceinline__ T keep_if(T v)
+{
+    return ON ? reg_keep(v) : v;
+}
 
 template <int NB>
 __global__ void __launch_bounds__(256, W4G_BLOCKS)
@@ -1260,7 +1317,7 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
                     size_t part_counters_off)
 {
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    static_assert(NB == 4 || NB == 8, "n = 32 or 64 rows");
+    static_assert(NB == 1 || NB == 2 || NB == 4 || NB == 8, "n = 8, 16, 32 or 64 rows");
     static_assert((W4G_XS & (W4G_XS - 1)) == 0 && W4G_XS >= 4, "x stages: a power of two, >= 4");
     constexpr int ROWS = NB * 8, STAGE = ROWS * 128, U = W4G_U;
     pdl_trigger();
@@ -1278,8 +1335,8 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
     const int nt = blockIdx.x * 8 + warp, col0 = nt * 16 + g;
     /* reg_keep: computed once and held in a register; without it the
      * compiler recomputed these addresses from threadIdx in every tile */
-    const uint4 *src = reg_keep(qw + ((int64_t)nt * kt_count + kt0) * 32 + lane);
-    const __half2 *szc = reg_keep(sz + col0);
+    const uint4 *src = keep_if<NB != 4>(qw + ((int64_t)nt * kt_count + kt0) * 32 + lane);
+    const __half2 *szc = keep_if<NB != 4>(sz + col0);
     uint4 buf[U];
     __half2 sv0[U], sv1[U];
 #pragma unroll
@@ -1305,16 +1362,16 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
      * tile computes is a stage base and a k offset: the per-tile address
      * arithmetic was most of this kernel's instructions. */
     const int xr = tid >> 3, xc = tid & 7;
-    const uint32_t xs_off = reg_keep((uint32_t)xr * 128 + ((xc ^ (xr & 7)) << 4));
+    const uint32_t xs_off = keep_if<NB != 4>((uint32_t)xr * 128 + ((xc ^ (xr & 7)) << 4));
     const char *xg =
-        reg_keep(reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
-    const int64_t xrow32 = reg_keep((int64_t)64 * ldx); /* bytes from row r to r + 32 */
+        keep_if<NB != 4>(reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
+    const int64_t xrow32 = keep_if<NB != 4>((int64_t)64 * ldx); /* bytes from row r to r + 32 */
     auto stage_x = [&](int kt) {
         if (kt < n_kt) {
             const uint32_t st = sx0 + (uint32_t)(kt & (W4G_XS - 1)) * STAGE + xs_off;
             const char *gp = xg + (int64_t)kt * 128;
 #pragma unroll
-            for (int i = 0; i < ROWS / 32; i++)
+            for (int i = 0; i < (ROWS + 31) / 32; i++)
                 if (xr + 32 * i < M)
                     cp_async16_at(st + i * 4096, gp + i * xrow32, 16);
         }
@@ -1407,7 +1464,11 @@ static int w4g_enabled(void)
         on = q3_env_int("QWEN3_BATCH_W4_WG", 0, 0, 1) &&
              q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
              q3_dev_attr(cudaDevAttrComputeCapabilityMinor, 0) == 0;
-        if (on && (cudaFuncSetAttribute(w4a16_wg_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        if (on && (cudaFuncSetAttribute(w4a16_wg_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)w4g_smem_bytes<1>()) != cudaSuccess ||
+                   cudaFuncSetAttribute(w4a16_wg_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)w4g_smem_bytes<2>()) != cudaSuccess ||
+                   cudaFuncSetAttribute(w4a16_wg_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)w4g_smem_bytes<4>()) != cudaSuccess ||
                    cudaFuncSetAttribute(w4a16_wg_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)w4g_smem_bytes<8>()) != cudaSuccess))
@@ -1475,6 +1536,12 @@ static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, c
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
+    if (M <= 8)
+        return q3_launch(w4a16_wg_kernel<1>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<1>(), s, x,
+                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
+    if (M <= 16)
+        return q3_launch(w4a16_wg_kernel<2>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<2>(), s, x,
+                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
     if (M <= 32)
         return q3_launch(w4a16_wg_kernel<4>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<4>(), s, x,
                          M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
