@@ -565,6 +565,8 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
      * cold group costs a whole memory round trip per tile (measured: half
      * the bandwidth). The first tiles are requested before x is staged. */
     const int col0 = (live ? nt : 0) * 16 + g;
+    /* held in registers, not recomputed per tile (B=1 195.2 -> 200.5 tok/s
+     * with the wgmma kernel's change, H100, call BF) */
     const uint4 *src = reg_keep(qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane);
     const __half2 *szc = reg_keep(sz + col0);
     uint4 buf[W4S_U];
@@ -674,18 +676,6 @@ static int w4s_warps(void)
         w = q3_env_int("QWEN3_BATCH_W4S_WARPS", 4, 4, 8);
     return w;
 }
-
-/* QWEN3_BATCH_W4_WG16 (measurement): 1 sends 9-16 rows to the wgmma
- * kernel (n = 16) instead of the small kernel, 2 also 1-8 rows (n = 8). */
-static int w4g_small(void)
-{
-    static int v = -1;
-    if (v < 0)
-        v = q3_env_int("QWEN3_BATCH_W4_WG16", 0, 2, 0);
-    return v;
-}
-
-static int w4g_enabled(void);
 
 /* Blocks across N: one column tile of 16 per warp. */
 static int w4s_col_blocks(int N) { return (N / 16 + w4s_warps() - 1) / w4s_warps(); }
@@ -843,8 +833,6 @@ static cudaError_t launch_small(const __half *x, int M, int ldx, const uint4 *qw
 {
     const int optin = w4s_init();
     const int tiles_per_group = group / 64;
-    if (w4g_small() >= (M <= 8 ? 2 : 1) && w4g_enabled())
-        return cudaErrorNotSupported; /* the wgmma kernel takes these rows */
     if (M > W4S_MAX_ROWS || group % 64 || (tiles_per_group & (tiles_per_group - 1)) ||
         N / 16 > W4_COUNTERS)
         return cudaErrorNotSupported;
@@ -1126,12 +1114,25 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  * waits for its tile's wgmma at the top of the next tile (wait_group 0),
  * so dequantization and the tensor cores overlap across the four
  * warpgroups of an SM, not within one.
- *   x: W4G_XS stages of n rows x 64 k, cp.async, 2 tiles ahead;
- *   A: two register sets, tile kt in set kt & 1.
- * x stages written 3 tiles behind their readers need one barrier per tile:
- * a warp's wait at tile kt covers its warpgroup's tile kt - 2 (and kt - 1),
- * and the barrier of tile kt - 1 came after every warp's wait of that tile,
- * so both warpgroups are done with tile kt - 3.
+ *   x: W4G_XS = 4 stages of n rows x 64 k, cp.async, 2 tiles ahead; a
+ *   stage is rewritten 2 tiles after its readers, which one barrier per
+ *   tile covers: every warp waited for tile kt - 2's wgmma at the top of
+ *   tile kt - 1, before that tile's barrier.
+ * The loop's addresses (x copy offsets and pointers, weight and scale
+ * pointers, wgmma descriptors as a base plus a stage offset) are computed
+ * once; the compiler had recomputed them from threadIdx in every tile, ~200
+ * instructions per warp and tile of which ~55 dequantize (PTX; SASS 197 ->
+ * 125 lines between barriers). w4a16_bench, H100, call BF, us at 64 rows:
+ * gate_up 92.1 -> 81.2, down 43.8 -> 37.6, qkv 22.8 -> 20.8, o 19.9 ->
+ * 19.1; B=64 int8 decode 5,707 -> 6,224 tok/s. At 32 rows held addresses
+ * measured slower (keep_if below), so there only the stage and descriptor
+ * arithmetic changed.
+ *
+ * A tile's dequantization under the previous tile's wgmma (the wait moved
+ * after it, A registers fresh per tile) does not compile to that: ptxas
+ * serializes the wgmmas (C7513, "non wgmma instructions defining input
+ * registers of a wgmma between start and end of the pipeline stage"),
+ * whatever the commit groups and waits around it (session 10).
  *
  * Measured and dropped (w4a16_bench, H100, 2026-12-06; us at 32 / 64 rows,
  * against this kernel's):
@@ -1146,9 +1147,8 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  *   the rows kernel's 83.9, 4-15% ahead of it at 64.
  */
 #ifndef W4G_XS
-#define W4G_XS 4 /* x stages (a power of two) */
+#define W4G_XS 4 /* x stages (a power of two; -D for experiments) */
 #endif
-
 #ifndef W4G_U
 #define W4G_U 4 /* weight tiles in flight per thread (the ring; -D for experiments) */
 #endif
@@ -1258,41 +1258,10 @@ static __device__ __forceinline__ void wg_mma_rs_n64(float *d, const uint32_t *a
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-static __device__ __forceinline__ void wg_mma_rs_n8(float *d, const uint32_t *a, uint64_t db)
-{
-    asm volatile("{\n"
-                 ".reg .pred p;\n"
-                 "setp.ne.b32 p, %9, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n"
-                 "}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-static __device__ __forceinline__ void wg_mma_rs_n16(float *d, const uint32_t *a, uint64_t db)
-{
-    asm volatile("{\n"
-                 ".reg .pred p;\n"
-                 "setp.ne.b32 p, %13, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7}, "
-                 "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n"
-                 "}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-                   "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
 template <int NB>
 static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, uint64_t db)
 {
-    if (NB == 1)
-        wg_mma_rs_n8(d, a, db);
-    else if (NB == 2)
-        wg_mma_rs_n16(d, a, db);
-    else if (NB == 4)
+    if (NB == 4)
         wg_mma_rs_n32(d, a, db);
     else
         wg_mma_rs_n64(d, a, db);
@@ -1317,7 +1286,7 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
                     size_t part_counters_off)
 {
 #if defined(Q3_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    static_assert(NB == 1 || NB == 2 || NB == 4 || NB == 8, "n = 8, 16, 32 or 64 rows");
+    static_assert(NB == 4 || NB == 8, "n = 32 or 64 rows");
     static_assert((W4G_XS & (W4G_XS - 1)) == 0 && W4G_XS >= 4, "x stages: a power of two, >= 4");
     constexpr int ROWS = NB * 8, STAGE = ROWS * 128, U = W4G_U;
     pdl_trigger();
@@ -1335,8 +1304,8 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
     const int nt = blockIdx.x * 8 + warp, col0 = nt * 16 + g;
     /* reg_keep: computed once and held in a register; without it the
      * compiler recomputed these addresses from threadIdx in every tile */
-    const uint4 *src = keep_if<NB != 4>(qw + ((int64_t)nt * kt_count + kt0) * 32 + lane);
-    const __half2 *szc = keep_if<NB != 4>(sz + col0);
+    const uint4 *src = keep_if<NB == 8>(qw + ((int64_t)nt * kt_count + kt0) * 32 + lane);
+    const __half2 *szc = keep_if<NB == 8>(sz + col0);
     uint4 buf[U];
     __half2 sv0[U], sv1[U];
 #pragma unroll
@@ -1362,16 +1331,16 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
      * tile computes is a stage base and a k offset: the per-tile address
      * arithmetic was most of this kernel's instructions. */
     const int xr = tid >> 3, xc = tid & 7;
-    const uint32_t xs_off = keep_if<NB != 4>((uint32_t)xr * 128 + ((xc ^ (xr & 7)) << 4));
+    const uint32_t xs_off = keep_if<NB == 8>((uint32_t)xr * 128 + ((xc ^ (xr & 7)) << 4));
     const char *xg =
-        keep_if<NB != 4>(reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
-    const int64_t xrow32 = keep_if<NB != 4>((int64_t)64 * ldx); /* bytes from row r to r + 32 */
+        keep_if<NB == 8>(reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
+    const int64_t xrow32 = keep_if<NB == 8>((int64_t)64 * ldx); /* bytes from row r to r + 32 */
     auto stage_x = [&](int kt) {
         if (kt < n_kt) {
             const uint32_t st = sx0 + (uint32_t)(kt & (W4G_XS - 1)) * STAGE + xs_off;
             const char *gp = xg + (int64_t)kt * 128;
 #pragma unroll
-            for (int i = 0; i < (ROWS + 31) / 32; i++)
+            for (int i = 0; i < ROWS / 32; i++)
                 if (xr + 32 * i < M)
                     cp_async16_at(st + i * 4096, gp + i * xrow32, 16);
         }
@@ -1464,11 +1433,7 @@ static int w4g_enabled(void)
         on = q3_env_int("QWEN3_BATCH_W4_WG", 0, 0, 1) &&
              q3_dev_attr(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
              q3_dev_attr(cudaDevAttrComputeCapabilityMinor, 0) == 0;
-        if (on && (cudaFuncSetAttribute(w4a16_wg_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)w4g_smem_bytes<1>()) != cudaSuccess ||
-                   cudaFuncSetAttribute(w4a16_wg_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)w4g_smem_bytes<2>()) != cudaSuccess ||
-                   cudaFuncSetAttribute(w4a16_wg_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        if (on && (cudaFuncSetAttribute(w4a16_wg_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)w4g_smem_bytes<4>()) != cudaSuccess ||
                    cudaFuncSetAttribute(w4a16_wg_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)w4g_smem_bytes<8>()) != cudaSuccess))
@@ -1536,12 +1501,6 @@ static cudaError_t launch_wg(const __half *x, int M, int ldx, const uint4 *qw, c
         return cudaErrorInvalidValue; /* the caller sizes part with cu_w4a16_part_floats */
     const int sh = __builtin_ctz((unsigned)tiles_per_group);
     float *p = sp > 1 ? part : NULL;
-    if (M <= 8)
-        return q3_launch(w4a16_wg_kernel<1>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<1>(), s, x,
-                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
-    if (M <= 16)
-        return q3_launch(w4a16_wg_kernel<2>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<2>(), s, x,
-                         M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
     if (M <= 32)
         return q3_launch(w4a16_wg_kernel<4>, dim3(N / 128, sp), dim3(256), w4g_smem_bytes<4>(), s, x,
                          M, ldx, qw, sz, K, N, sh, kps, y, ldy, p, part_floats - W4_COUNTERS);
