@@ -1332,8 +1332,8 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
      * arithmetic was most of this kernel's instructions. */
     const int xr = tid >> 3, xc = tid & 7;
     const uint32_t xs_off = keep_if<NB == 8>((uint32_t)xr * 128 + ((xc ^ (xr & 7)) << 4));
-    const char *xg =
-        keep_if<NB == 8>(reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
+    const char *xg = keep_if<NB == 8>(
+        reinterpret_cast<const char *>(x + (int64_t)xr * ldx + (int64_t)kt0 * 64 + xc * 8));
     const int64_t xrow32 = keep_if<NB == 8>((int64_t)64 * ldx); /* bytes from row r to r + 32 */
     auto stage_x = [&](int kt) {
         if (kt < n_kt) {
