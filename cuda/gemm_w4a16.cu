@@ -1121,8 +1121,8 @@ static cudaError_t launch_rows(const __half *x, int M, int ldx, const uint4 *qw,
  * The loop's addresses (x copy offsets and pointers, weight and scale
  * pointers, wgmma descriptors as a base plus a stage offset) are computed
  * once; the compiler had recomputed them from threadIdx in every tile, ~200
- * instructions per warp and tile of which ~55 dequantize (PTX; SASS 197 ->
- * 125 lines between barriers). w4a16_bench, H100, call BF, us at 64 rows:
+ * instructions per warp and tile of which ~55 dequantize (SASS between two
+ * barriers: 197 -> 125 instructions). w4a16_bench, H100, call BF, us at 64 rows:
  * gate_up 92.1 -> 81.2, down 43.8 -> 37.6, qkv 22.8 -> 20.8, o 19.9 ->
  * 19.1; B=64 int8 decode 5,707 -> 6,224 tok/s. At 32 rows held addresses
  * measured slower (keep_if below), so there only the stage and descriptor
@@ -1270,7 +1270,7 @@ static __device__ __forceinline__ void wg_mma_rs(float *d, const uint32_t *a, ui
 
 /* reg_keep where ON: the 64-row kernel holds its addresses in registers
  * (gate_up 91.5 -> 80.3 us, down 43.9 -> 37.0 at 64 rows); at 32 rows
- * that measured slower (gate_up 64.3 -> 70.3 us, with 90 registers against
+ * that measured slower (gate_up 64.3 -> 70.2 us, with 90 registers against
  * 87), so there the compiler recomputes them as before (w4a16_bench, H100,
  * 2026-12-06, calls BF and BG). */
 template <bool ON, typename T> static __device__ __forceinline__ T keep_if(T v)
@@ -1378,10 +1378,8 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
                 sv1[u] = __ldg(p + 8);
             }
             /* The A fragments, [k16 step][fragment]: a[0], a[2] column col0,
-             * a[1], a[3] col0 + 8. Fresh values per tile, not an array
-             * carried across tiles: ptxas keeps a wgmma's registers until
-             * its wait, and serializes the wgmmas (C7513) if a register that
-             * one read is written again within a pipeline stage. */
+             * a[1], a[3] col0 + 8. One set, fresh per tile: the wait at the
+             * top of the tile retired the wgmma that read the last one. */
             uint32_t a[4][4];
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
@@ -1397,9 +1395,8 @@ __global__ void __launch_bounds__(256, W4G_BLOCKS)
             fence_proxy_async();
             __syncthreads();
 
-            /* the descriptors before the first wgmma: ptxas serializes
-             * wgmmas (C7513) when one's inputs are computed after another
-             * was issued */
+            /* the four descriptors computed (and pinned by the empty asm)
+             * before the first wgmma, so the four issue back to back */
             const uint32_t xlo = dlo + (uint32_t)(kt & (W4G_XS - 1)) * (STAGE >> 4);
             uint64_t xd[4];
 #pragma unroll
