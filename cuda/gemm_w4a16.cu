@@ -399,7 +399,20 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
  * any batch of 1-8 rows and in any of 9-16.
  */
 #define W4S_MAX_ROWS 16
-#define W4S_U 4                 /* 64 x 16 tiles in flight per lane */
+#ifndef W4S_BPS2
+#define W4S_BPS2 6 /* 4-warp blocks per SM the 9-16 row variant asks for (-D for experiments) */
+#endif
+/* 64 x 16 tiles in flight per lane, for 1-8 and 9-16 rows (-D for
+ * experiments). w4a16_bench, H100, call BK, a layer's four products at 1 /
+ * 8 / 16 rows: ring 4 86.7 / 92.4 / 105.6 us, ring 2 85.0 / 90.4 / 105.8,
+ * ring 6 slower everywhere; bench (call BL) B=1 202.3 -> 207.1 tok/s, B=8
+ * int8 1,499 -> 1,522, B=16 int8 2,510 -> 2,500: 9-16 rows keep 4. */
+#ifndef W4S_U1
+#define W4S_U1 2
+#endif
+#ifndef W4S_U2
+#define W4S_U2 4
+#endif
 #define W4S_MAX_SLICE_KT 24     /* tiles per split: x slice (M + 1) x 1536 halves */
 #define W4S_MAX_SLICE_KT1 28    /* the 1-8 row variant's cap where it saves a wave (w4s_splits1) */
 #define W4S_MAX_SLICE_KT2 32    /* the same for 9-16 rows where three blocks fit (w4s_splits) */
@@ -533,18 +546,19 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 
 /* NB: groups of 8 batch rows (1: M <= 8, 2: M <= 16), each one more mma
  * per A fragment, so the dequantization is shared by all rows. NB = 1 keeps
- * 32 warps per SM: 64 registers, which W4S_U = 4 fits. NB = 2
+ * 32 warps per SM: 64 registers, which a ring of 4 (and of 2) fits. NB = 2
  * keeps 24 warps (85 registers) and gets splits for that (w4s_splits): at
  * 32 warps (64 registers, 88 bytes spilled) gate_up at 16 rows took 72.9
  * us instead of 59.1 (both with x staged by cp.async; w4a16_bench, H100,
  * 2026-12-06). */
 template <int NB, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
+__global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : W4S_BPS2) * 4 / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
                        const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
                        __half *__restrict__ y, int ldy, float *__restrict__ part,
                        size_t part_counters_off)
 {
+    constexpr int U = NB == 1 ? W4S_U1 : W4S_U2;
     pdl_trigger(); /* the kernel after waits for all of this one anyway */
     extern __shared__ __align__(16) unsigned char w4s_smem[];
     __half *sx = reinterpret_cast<__half *>(w4s_smem);
@@ -558,9 +572,9 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
     const int n_kt = kt1 - kt0;
     const int lds = n_kt * 64 + 8; /* padded row: conflict-free ldmatrix */
 
-    /* A ring of W4S_U tiles (weights and their scale/zero pairs) in
-     * registers: each tile's slot is refilled with the tile W4S_U ahead as
-     * soon as it is consumed, so about W4S_U x 512 bytes per warp are always
+    /* A ring of U tiles (weights and their scale/zero pairs) in
+     * registers: each tile's slot is refilled with the tile U ahead as
+     * soon as it is consumed, so about U x 512 bytes per warp are always
      * in flight. The scales are loaded with the weights: fetched at use, a
      * cold group costs a whole memory round trip per tile (measured: half
      * the bandwidth). The first tiles are requested before x is staged. */
@@ -569,10 +583,10 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
      * with the wgmma kernel's change, H100, call BF) */
     const uint4 *src = reg_keep(qw + ((int64_t)(live ? nt : 0) * kt_count + kt0) * 32 + lane);
     const __half2 *szc = reg_keep(sz + col0);
-    uint4 buf[W4S_U];
-    __half2 sv0[W4S_U], sv1[W4S_U];
+    uint4 buf[U];
+    __half2 sv0[U], sv1[U];
 #pragma unroll
-    for (int u = 0; u < W4S_U; u++)
+    for (int u = 0; u < U; u++)
         if (live && u < n_kt) {
             const __half2 *p = szc + ((kt0 + u) >> tiles_shift) * N;
             buf[u] = ld_stream(src + u * 32);
@@ -606,9 +620,9 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
     const __half2 h960 = __float2half2_rn(960.0f), h16th = __float2half2_rn(0.0625f);
 
     float acc[NB][4] = {};
-    for (int base = 0; base < n_kt; base += W4S_U) {
+    for (int base = 0; base < n_kt; base += U) {
 #pragma unroll
-        for (int u = 0; u < W4S_U; u++) {
+        for (int u = 0; u < U; u++) {
             const int kt = base + u;
             if (kt >= n_kt)
                 break;
@@ -617,9 +631,9 @@ __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : 6) * 4 / WARPS)
             const __half2 z0 = __high2half2(sv0[u]), z1 = __high2half2(sv1[u]);
             const __half2 zs0 = __hsub2(h960, z0), zs1 = __hsub2(h960, z1);
             const float s0 = __low2float(sv0[u]), s1 = __low2float(sv1[u]);
-            if (kt + W4S_U < n_kt) {
-                const __half2 *p = szc + ((kt0 + kt + W4S_U) >> tiles_shift) * N;
-                buf[u] = ld_stream(src + (kt + W4S_U) * 32);
+            if (kt + U < n_kt) {
+                const __half2 *p = szc + ((kt0 + kt + U) >> tiles_shift) * N;
+                buf[u] = ld_stream(src + (kt + U) * 32);
                 sv0[u] = __ldg(p);
                 sv1[u] = __ldg(p + 8);
             }
