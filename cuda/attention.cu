@@ -209,7 +209,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
      * page and offset in it are (kw + i * KSTEP) / ATT_PAGE and
      * r + (i * KSTEP) % ATT_PAGE: constants but for kw and r. */
     const int64_t page_el = (int64_t)2 * kv.n_kv_heads * ATT_PAGE * D;
-    const int64_t lay_el = ((int64_t)layer * kv.n_pages * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
+    const int64_t lay_el =
+        ((int64_t)layer * kv.n_pages * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
     const int64_t my_el = lay_el + r * D + dc * 8;
     const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
 
@@ -661,7 +662,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
     };
     const int kw = 16 * warp;
     const int64_t page_el = (int64_t)2 * kv.n_kv_heads * ATT_PAGE * D;
-    const int64_t lay_el = ((int64_t)layer * kv.n_pages * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
+    const int64_t lay_el =
+        ((int64_t)layer * kv.n_pages * 2 * kv.n_kv_heads + w.kv_head) * ATT_PAGE * D;
     const int64_t v_el = (int64_t)kv.n_kv_heads * ATT_PAGE * D;
     /* The warp's tiles: n_t of them; tile i's page index is lane i % 32 of
      * pidx, loaded 32 tiles at a time (the first before pdl_wait: the page

@@ -984,7 +984,8 @@ static int cu_seq_fork(eng *base, int src, int n_prefix, const sample_params *sp
             return errorf(err, "out of host memory");
         }
         /* a page is n_layers slabs, one per layer region (cu_kv) */
-        const size_t L = (size_t)e->c.n_layers, pb = e->page_bytes / L, sb = e->page_scale_bytes / L;
+        const size_t L = (size_t)e->c.n_layers, pb = e->page_bytes / L,
+                     sb = e->page_scale_bytes / L;
         const size_t np = (size_t)e->kv.n_pages;
         cudaError_t ce = cudaMemcpy2DAsync((char *)e->kv.data + (size_t)p * pb, np * pb,
                                            (char *)e->kv.data + (size_t)q * pb, np * pb, pb, L,

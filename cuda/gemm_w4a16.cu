@@ -554,8 +554,8 @@ static __device__ __forceinline__ void w4_store(const float (*acc)[4], int M, in
 template <int NB, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, (NB == 1 ? 8 : W4S_BPS2) * 4 / WARPS)
     w4a16_small_kernel(const __half *__restrict__ x, int M, int ldx, const uint4 *__restrict__ qw,
-                       const __half2 *__restrict__ sz, int K, int N, int tiles_shift, int kt_per_split,
-                       __half *__restrict__ y, int ldy, float *__restrict__ part,
+                       const __half2 *__restrict__ sz, int K, int N, int tiles_shift,
+                       int kt_per_split, __half *__restrict__ y, int ldy, float *__restrict__ part,
                        size_t part_counters_off)
 {
     constexpr int U = NB == 1 ? W4S_U1 : W4S_U2;
