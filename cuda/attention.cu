@@ -99,6 +99,28 @@ static __device__ void attn_combine_last(__half *__restrict__ out, const cu_attn
  * per SM.
  * ST: stages of fp16 K/V tiles, 2 (the copy of tile i + 1 overlaps the
  * multiply of tile i) or 1 (half the shared memory: see attn_f16_shape). */
+/* The weights of W warps' partial softmaxes of one row in a block's merge:
+ * m (raw scores) and l at xm[v * stride], xl[v * stride]; M = max m, f[v] =
+ * 2^((m_v - M) scale_log2) (0 for a warp that saw no key), and the merged
+ * L = sum l_v f[v], returned. */
+template <int W>
+static __device__ __forceinline__ float warp_merge_weights(const float *xm, const float *xl,
+                                                           int stride, float scale_log2, float *f,
+                                                           float &M)
+{
+    M = -INFINITY;
+#pragma unroll
+    for (int v = 0; v < W; v++)
+        M = fmaxf(M, xm[v * stride]);
+    float L = 0.0f;
+#pragma unroll
+    for (int v = 0; v < W; v++) {
+        f[v] = xm[v * stride] == -INFINITY ? 0.0f : exp2f((xm[v * stride] - M) * scale_log2);
+        L += xl[v * stride] * f[v];
+    }
+    return L;
+}
+
 template <int D, int WARPS, bool I8, bool DEC, int ST = 2, int QT = 1>
 __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     attn_kernel(const __half *__restrict__ q, __half *__restrict__ out,
@@ -492,16 +514,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
         __syncthreads();
         for (int h = 0; h < nh; h++) {
             const int row = g + 8 * h;
-            float M = -INFINITY;
-#pragma unroll
-            for (int v = 0; v < WARPS; v++)
-                M = fmaxf(M, xm[v * 16 + row]);
-            float L = 0.0f, f[WARPS];
-#pragma unroll
-            for (int v = 0; v < WARPS; v++) {
-                f[v] = xm[v * 16 + row] == -INFINITY ? 0.0f : exp2f((xm[v * 16 + row] - M) * scale_log2);
-                L += xl[v * 16 + row] * f[v];
-            }
+            float M, f[WARPS];
+            const float L = warp_merge_weights<WARPS>(xm + row, xl + row, 16, scale_log2, f, M);
             float2 acc[DW];
 #pragma unroll
             for (int i = 0; i < DW; i++) {
@@ -873,18 +887,8 @@ __global__ void __launch_bounds__(128, NR == 1 ? 4 : 3)
 #pragma unroll
     for (int t = 0; t < NR; t++) {
         const int row = 8 * t + threadIdx.x / 16, d0 = (threadIdx.x % 16) * DPT;
-        float M = -INFINITY;
-#pragma unroll
-        for (int v = 0; v < 4; v++)
-            M = fmaxf(M, xm[v * 8 * NR + row]);
-        float L = 0.0f, f[4];
-#pragma unroll
-        for (int v = 0; v < 4; v++) {
-            f[v] = xm[v * 8 * NR + row] == -INFINITY
-                       ? 0.0f
-                       : exp2f((xm[v * 8 * NR + row] - M) * scale_log2);
-            L += xl[v * 8 * NR + row] * f[v];
-        }
+        float M, f[4];
+        const float L = warp_merge_weights<4>(xm + row, xl + row, 8 * NR, scale_log2, f, M);
         float acc[DPT];
 #pragma unroll
         for (int i = 0; i < DPT; i++)
