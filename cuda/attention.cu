@@ -1018,12 +1018,13 @@ static void attn_launch(K kern, const cu_attn_work *works, int n, size_t smem, f
               a.layer, a.n_heads, scale_log2, a.part_o, a.part_lse, a.comb, a.comb_counters);
 }
 
+/* The kernels' shared memory attributes, once per instantiation (harmless
+ * if repeated). */
 template <int D, bool I8, int ST, int QT>
-static void launch_attn_st(const attn_args &a)
+static void attn_set_attrs(void)
 {
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
     const size_t smem2 = attn_smem_bytes(D, I8, ST, QT), smemd = attn_smem_dec_bytes(D, I8, ST);
-    static bool attr_set = false; /* once per instantiation; harmless if repeated */
+    static bool attr_set = false;
     if (!attr_set) {
         cudaFuncSetAttribute(attn_kernel<D, 4, I8, false, ST, QT>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2);
@@ -1039,6 +1040,14 @@ static void launch_attn_st(const attn_args &a)
                              (int)cudaSharedmemCarveoutMaxShared);
         attr_set = true;
     }
+}
+
+template <int D, bool I8, int ST, int QT>
+static void launch_attn_st(const attn_args &a)
+{
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    const size_t smem2 = attn_smem_bytes(D, I8, ST, QT), smemd = attn_smem_dec_bytes(D, I8, ST);
+    attn_set_attrs<D, I8, ST, QT>();
     if (a.n_large > 0)
         attn_launch(attn_kernel<D, 4, I8, false, ST, QT>, a.w_large, a.n_large, smem2,
                     scale_log2, a);
@@ -1075,6 +1084,55 @@ static void launch_attn(const attn_args &a)
         return;
     }
     launch_attn_st<D, I8, 2, 1>(a);
+}
+
+/* Resident blocks per SM of the kernel that launch_attn_st gives decode
+ * tiles of up to `rows` rows. */
+template <int D, bool I8, int ST, int QT>
+static int attn_dec_per_sm(int rows)
+{
+    attn_set_attrs<D, I8, ST, QT>();
+    int n = 0;
+    cudaError_t ce;
+    if (!I8 || attn_dec_old())
+        ce = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, attn_kernel<D, 4, I8, true, ST>, 128, attn_smem_dec_bytes(D, I8, ST));
+    else if (rows > 8)
+        ce = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_dec_kernel<D, 2>, 128,
+                                                           attn_dec_smem_bytes(D, 2));
+    else
+        ce = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_dec_kernel<D, 1>, 128,
+                                                           attn_dec_smem_bytes(D, 1));
+    return ce == cudaSuccess && n > 0 ? n : 1;
+}
+
+template <int D, bool I8>
+static int attn_dec_per_sm_d(int rows)
+{
+    if constexpr (!I8) {
+        const attn_shape sh = attn_f16_shape(D);
+        if (sh.qt == 2 && sh.st == 2)
+            return attn_dec_per_sm<D, false, 2, 2>(rows);
+        if (sh.qt == 2)
+            return attn_dec_per_sm<D, false, 1, 2>(rows);
+        if (sh.st == 1)
+            return attn_dec_per_sm<D, false, 1, 1>(rows);
+        return attn_dec_per_sm<D, false, 2, 1>(rows);
+    }
+    return attn_dec_per_sm<D, I8, 2, 1>(rows);
+}
+
+extern "C" int cu_attn_dec_slots(int head_dim, int int8, int rows)
+{
+    int per_sm = 1;
+    switch (head_dim * 2 + (int8 ? 1 : 0)) {
+    case 128: per_sm = attn_dec_per_sm_d<64, false>(rows); break;
+    case 129: per_sm = attn_dec_per_sm_d<64, true>(rows); break;
+    case 256: per_sm = attn_dec_per_sm_d<128, false>(rows); break;
+    case 257: per_sm = attn_dec_per_sm_d<128, true>(rows); break;
+    default: break;
+    }
+    return per_sm * q3_dev_attr(cudaDevAttrMultiProcessorCount, 1);
 }
 
 extern "C" int cu_attn_prefill_rows(int head_dim, int int8)

@@ -35,12 +35,11 @@
 #define LOGIT_ROWS 64                 /* lm_head rows per pass */
 #define ATT_MAX_SPLITS 16             /* flash-decoding: key splits per (sequence, KV head) */
 _Static_assert(ATT_MAX_SPLITS <= 32, "attn_combine_last holds a part per lane");
-/* Least keys per split. Measured on the H100 (2026-12-06, 14B shapes,
- * tok/s at 64 / 256 / 512): decode B=1 at 640 keys 191.0 / 188.3 / 182.7,
- * B=16 at 1.1k 1,839 / 1,865 / 1,866, B=64 at 1.1k 3,238 / 3,273 / 3,275,
- * B=16 at 4.2k 1,298 / 1,297 / 1,313. Batches are what this tool runs, so
- * 256; splits depend on a sequence's own length only, never the batch. */
-#define ATT_MIN_SPLIT_KEYS 256
+/* Least keys per split, where a wave has room for more splits (small
+ * batches; att_split_keys). Measured on the H100 (call BN, 2026-12-06, 14B
+ * shapes, tok/s at 64 / 128 / 256): decode B=1 at 640 keys 204.7 / 203.8 /
+ * 201.4; B=16 at 1.1k with int8 KV 2,511 at 64, 2,508 at 256. */
+#define ATT_MIN_SPLIT_KEYS 64
 #define DEQUANT_WS_MAX (256u << 20)   /* fp16 weights for one cuBLAS product at a time */
 #define BLAS_WS_BYTES (32u << 20)
 #define RESERVE_BYTES (64u << 20)     /* slack for cuBLAS handles and small buffers */
@@ -145,6 +144,8 @@ typedef struct cuda_engine {
     int max_seqs, max_T, G;
     int att_rows; /* rows per prefill attention block (cu_attn_prefill_rows) */
     int att_min_split; /* least keys per decode split, a multiple of 64 */
+    int att_slots[2];  /* decode attention blocks in one wave: tiles of <= 8 rows, of 9-16 */
+    int att_wave;      /* decode splits fill about a wave (else: by a sequence's keys only) */
     int dequant_min_m;
     size_t gemm_part_floats;
     int att_parts_max;
@@ -615,10 +616,16 @@ static int engine_begin(cuda_engine **out, const model_config *cfg, const eng_op
         e->max_T = 16;
     e->G = cfg->n_heads / cfg->n_kv_heads;
     e->att_rows = cu_attn_prefill_rows(cfg->head_dim, e->kv.int8);
+    e->att_slots[0] = cu_attn_dec_slots(cfg->head_dim, e->kv.int8, 8);
+    e->att_slots[1] = cu_attn_dec_slots(cfg->head_dim, e->kv.int8, 16);
     /* QWEN3_BATCH_ATT_SPLIT_KEYS: least keys per decode split (measurements) */
     const char *sk = getenv("QWEN3_BATCH_ATT_SPLIT_KEYS");
     const int skv = sk ? atoi(sk) : 0;
     e->att_min_split = skv >= 64 && skv <= 8192 ? skv / 64 * 64 : ATT_MIN_SPLIT_KEYS;
+    /* QWEN3_BATCH_ATT_SPLITS=keys: the splits by a sequence's own keys
+     * (tests, measurements) */
+    const char *sm = getenv("QWEN3_BATCH_ATT_SPLITS");
+    e->att_wave = !(sm && !strcmp(sm, "keys"));
     const char *dq = getenv("QWEN3_BATCH_DEQUANT_MIN_M");
     e->dequant_min_m = dq && atoi(dq) > 0 ? atoi(dq) : 512;
     const char *ng = getenv("QWEN3_BATCH_NO_GRAPHS");
@@ -1043,9 +1050,24 @@ static int linear(cuda_engine *e, const struct cu_linear *L, const void *x, int 
     return 0;
 }
 
-static int att_split_keys(const cuda_engine *e, int keys)
+/* Keys per decode split of a sequence with `keys` keys, in a step whose
+ * decode tiles have sum_keys keys over all their sequences and whose decode
+ * kernel holds wave_per_head blocks per KV head at once. A decode block
+ * takes one (sequence, KV head, split), so splits in proportion to keys
+ * give blocks of about equal work that fill about one wave: on the H100,
+ * one wave of long blocks was faster than several of short ones, whose
+ * start and merge cost as much as several tiles (docs/PERF.md, "Where the
+ * time goes"). At least e->att_min_split keys, at most ATT_MAX_SPLITS
+ * splits. The splits change a row's sums with the batch, as the int4
+ * products' kernels do. */
+static int att_split_keys(const cuda_engine *e, int keys, int64_t sum_keys, int wave_per_head)
 {
-    int per = (keys + ATT_MAX_SPLITS - 1) / ATT_MAX_SPLITS;
+    int sp = ATT_MAX_SPLITS; /* by keys only: the most splits of at least att_min_split */
+    if (e->att_wave) {
+        const int64_t w = (int64_t)keys * wave_per_head / sum_keys;
+        sp = w < 1 ? 1 : w < ATT_MAX_SPLITS ? (int)w : ATT_MAX_SPLITS;
+    }
+    int per = (keys + sp - 1) / sp;
     per = (per + 63) / 64 * 64;
     return per < e->att_min_split ? e->att_min_split : per;
 }
@@ -1237,17 +1259,24 @@ static int pass_build(cuda_engine *e, const eng_item *items, const struct seg *s
         }
     }
     p->n_pages = pl;
-    /* Attention: small tiles (<= 16 rows: decode) split their keys by the
-     * sequence's own length only, so a sequence's result does not depend on
-     * the batch; large tiles (prefill) take e->att_rows rows (64 or 128),
-     * later tiles first (they have the most keys). */
+    /* Attention: small tiles (<= 16 rows: decode) split their keys
+     * (att_split_keys); large tiles (prefill) take e->att_rows rows (64 or
+     * 128), later tiles first (they have the most keys). */
+    int64_t sum_keys = 0;
+    for (int i = 0; i < n_segs; i++)
+        if (p->as[i].n_tok * G <= 16) {
+            sum_keys += p->as[i].pos0 + p->as[i].n_tok;
+            p->small_rows = p->as[i].n_tok * G > p->small_rows ? p->as[i].n_tok * G : p->small_rows;
+        }
+    const int wave_per_head = e->att_slots[p->small_rows > 8] / Hkv;
     int part = 0;
     for (int i = 0; i < n_segs; i++) {
         const cu_attn_seg *a = &p->as[i];
         int rows = a->n_tok * G;
         if (rows <= 16) {
-            p->small_rows = rows > p->small_rows ? rows : p->small_rows;
-            int keys = a->pos0 + a->n_tok, per = att_split_keys(e, keys), sp = (keys + per - 1) / per;
+            const int keys = a->pos0 + a->n_tok;
+            const int per = att_split_keys(e, keys, sum_keys, wave_per_head);
+            const int sp = (keys + per - 1) / per;
             for (int h = 0; h < Hkv; h++) {
                 const int cb = sp > 1 ? p->n_comb++ : -1;
                 if (sp > 1)

@@ -160,6 +160,10 @@ cudaError_t cu_qk_norm_rope_store(const void *qkv, int T, int n_heads, int n_kv,
  * for two such blocks per SM). Fixed for the process. */
 int cu_attn_prefill_rows(int head_dim, int int8);
 
+/* Blocks of the decode kernel for w_small tiles of up to `rows` rows that
+ * the GPU holds at once (one wave). Fixed for the process. */
+int cu_attn_dec_slots(int head_dim, int int8, int rows);
+
 /* Row tiles: 16 rows per block for w_small (small_rows: the most rows any
  * of them has, at most 16, which picks the int8 decode kernel's variant),
  * cu_attn_prefill_rows() for w_large. Key ranges start at multiples of 64
