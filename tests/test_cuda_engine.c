@@ -679,11 +679,11 @@ static void test_decode_splits(const char *name, const model *m, enum eng_kv_typ
  * tokens each gives alone, up to a near tie: a row's sums depend on which
  * product kernel its step's row count picks (a decode row that shares a
  * step with a prefill takes another than alone) and on its decode
- * attention's splits (fewer where the batch fills the GPU), and int8 KV can turn
- * those last-bit differences into another quantized value, so a token may
- * differ where the alone run's two best logits are within tol of the
- * largest logit magnitude; the sequence is compared no further then (its
- * continuation differs). A token that differs at a clear choice fails, and
+ * attention's splits (fewer where the batch fills the GPU), and int8 KV
+ * can turn those last-bit differences into another quantized value, so a
+ * token may differ where the alone run's two best logits are within tol of
+ * the largest logit magnitude; the sequence is compared no further then
+ * (its continuation differs). A token that differs at a clear choice fails, and
  * so do near ties in more than one sequence, so that a fault cannot hide
  * behind them. */
 static void test_ragged(const char *name, const model *m, enum eng_kv_type kv, float tol)
