@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <type_traits>
 
 #define ATT_KB 64
 #define ATT_PAGE 16 /* KV page size the kernels take (cuda_engine.c PAGE_SIZE) */
@@ -89,7 +90,7 @@ static __device__ void attn_combine_last(__half *__restrict__ out, const cu_attn
  * keys 16w..16w+15 of every 64-key tile, with its own running softmax) and
  * merge at the end; otherwise each warp has 16 * QT rows of its own and all
  * the keys.
- * QT: 16-row query tiles per warp (prefill, fp16 pages). With QT = 1 the
+ * QT: 16-row query tiles per warp (prefill). With QT = 1 the
  * warp keeps its Q fragments in registers and three blocks fit per SM
  * (Nsight Compute on the H100, 1 x 4096 prefill: latency-bound, 0.4
  * instructions issued per scheduler-cycle; 2 -> 3 blocks per SM was 21%).
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
                 float scale_log2, float *__restrict__ part_o, float *__restrict__ part_lse,
                 const cu_attn_combine *__restrict__ comb, int *__restrict__ comb_counters)
 {
-    static_assert(QT == 1 || (!I8 && !DEC), "two query tiles per warp: fp16 prefill only");
+    static_assert(QT == 1 || !DEC, "two query tiles per warp: prefill only");
     constexpr int KB = ATT_KB, LDS = D + 8, NT = WARPS * 32, CH = D / 8;
     /* Dynamic shared memory (attn_smem_bytes), two stages so that the copy
      * of tile i + 1 runs while tile i is multiplied: fp16 pages land in
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
     __half *sK0 = reinterpret_cast<__half *>(smem);
     __half *sV0 = sK0 + F16_STAGES * KB * LDS;
     __half *sQ = sV0 + F16_STAGES * KB * LDS;
-    int8_t *sK80 = reinterpret_cast<int8_t *>(sV0 + F16_STAGES * KB * LDS);
+    int8_t *sK80 = reinterpret_cast<int8_t *>(sQ + (QT > 1 ? WARPS * 16 * QT * LDS : 0));
     int8_t *sV80 = sK80 + 2 * KB * D;
     __half *sKs0 = reinterpret_cast<__half *>(sV80 + 2 * KB * D); /* int8 scales, as stored */
     __half *sVs0 = sKs0 + 2 * KB;
@@ -391,10 +392,13 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
             for (int nt = 0; nt < NTW; nt++) {
                 const float k0 = __half2float(sKs[(nt0 + nt) * 8 + 2 * tq]),
                             k1 = __half2float(sKs[(nt0 + nt) * 8 + 2 * tq + 1]);
-                s[0][nt][0] *= k0;
-                s[0][nt][1] *= k1;
-                s[0][nt][2] *= k0;
-                s[0][nt][3] *= k1;
+#pragma unroll
+                for (int t = 0; t < QT; t++) {
+                    s[t][nt][0] *= k0;
+                    s[t][nt][1] *= k1;
+                    s[t][nt][2] *= k0;
+                    s[t][nt][3] *= k1;
+                }
             }
         }
         uint32_t pa[QT][NTW / 2][4]; /* P as the A operand of P x V, fp16 */
@@ -981,6 +985,24 @@ static attn_shape attn_f16_shape(int D)
     return *m;
 }
 
+/* The int8 prefill kernel's query tiles per warp: two where two such
+ * blocks fit per SM (an H100: 2 x 101 KB at D = 128), as for fp16 pages;
+ * one on a 3090, where a two-tile block (101 KB) does not fit at all.
+ * QWEN3_BATCH_ATTN_QT=1|2 overrides where it fits. */
+static int attn_i8_qt(int D)
+{
+    static int memo[2]; /* D = 64, 128 */
+    int *m = &memo[D == 128];
+    if (*m)
+        return *m;
+    const int per_sm = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
+    const int reserved = q3_dev_attr(cudaDevAttrReservedSharedMemoryPerBlock, 0);
+    const int b2 = (int)((size_t)per_sm / (attn_smem_bytes(D, true, 2, 2) + (size_t)reserved));
+    const int qt = q3_env_int("QWEN3_BATCH_ATTN_QT", 1, 2, 0);
+    *m = b2 >= (qt == 2 ? 1 : 2) && qt != 1 ? 2 : 1;
+    return *m;
+}
+
 /* QWEN3_BATCH_ATTN_DEC=old: int8 decode tiles through attn_kernel's DEC
  * path, as fp16 ones always go (measurements). */
 static bool attn_dec_old(void)
@@ -1066,24 +1088,37 @@ static void launch_attn_st(const attn_args &a)
                     scale_log2, a);
 }
 
-/* int8 pages keep one fp16 stage (their raw bytes have two) and one query
- * tile per warp whatever the GPU; fp16 pages take attn_f16_shape. */
+/* Calls f(st, qt), integral constants, with the kernels' shape for this
+ * cache on this GPU: int8 pages keep one fp16 stage (their raw bytes have
+ * two) and take attn_i8_qt query tiles per warp; fp16 pages take
+ * attn_f16_shape. */
+template <int D, bool I8, typename F>
+static auto attn_with_shape(F &&f)
+{
+    using one = std::integral_constant<int, 1>;
+    using two = std::integral_constant<int, 2>;
+    if constexpr (I8) {
+        if (attn_i8_qt(D) == 2)
+            return f(two{}, two{});
+        return f(two{}, one{});
+    } else {
+        const attn_shape sh = attn_f16_shape(D);
+        if (sh.qt == 2 && sh.st == 2)
+            return f(two{}, two{});
+        if (sh.qt == 2)
+            return f(one{}, two{});
+        if (sh.st == 1)
+            return f(one{}, one{});
+        return f(two{}, one{});
+    }
+}
+
 template <int D, bool I8>
 static void launch_attn(const attn_args &a)
 {
-    if constexpr (!I8) {
-        const attn_shape sh = attn_f16_shape(D);
-        if (sh.qt == 2 && sh.st == 2)
-            launch_attn_st<D, false, 2, 2>(a);
-        else if (sh.qt == 2)
-            launch_attn_st<D, false, 1, 2>(a);
-        else if (sh.st == 1)
-            launch_attn_st<D, false, 1, 1>(a);
-        else
-            launch_attn_st<D, false, 2, 1>(a);
-        return;
-    }
-    launch_attn_st<D, I8, 2, 1>(a);
+    attn_with_shape<D, I8>([&](auto st, auto qt) {
+        launch_attn_st<D, I8, decltype(st)::value, decltype(qt)::value>(a);
+    });
 }
 
 /* Resident blocks per SM of the kernel that launch_attn_st gives decode
@@ -1109,17 +1144,9 @@ static int attn_dec_per_sm(int rows)
 template <int D, bool I8>
 static int attn_dec_per_sm_d(int rows)
 {
-    if constexpr (!I8) {
-        const attn_shape sh = attn_f16_shape(D);
-        if (sh.qt == 2 && sh.st == 2)
-            return attn_dec_per_sm<D, false, 2, 2>(rows);
-        if (sh.qt == 2)
-            return attn_dec_per_sm<D, false, 1, 2>(rows);
-        if (sh.st == 1)
-            return attn_dec_per_sm<D, false, 1, 1>(rows);
-        return attn_dec_per_sm<D, false, 2, 1>(rows);
-    }
-    return attn_dec_per_sm<D, I8, 2, 1>(rows);
+    return attn_with_shape<D, I8>([&](auto st, auto qt) {
+        return attn_dec_per_sm<D, I8, decltype(st)::value, decltype(qt)::value>(rows);
+    });
 }
 
 extern "C" int cu_attn_dec_slots(int head_dim, int int8, int rows)
@@ -1137,9 +1164,9 @@ extern "C" int cu_attn_dec_slots(int head_dim, int int8, int rows)
 
 extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
 {
-    if (int8 || (head_dim != 64 && head_dim != 128))
+    if (head_dim != 64 && head_dim != 128)
         return 64;
-    return 64 * attn_f16_shape(head_dim).qt;
+    return 64 * (int8 ? attn_i8_qt(head_dim) : attn_f16_shape(head_dim).qt);
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,

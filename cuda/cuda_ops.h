@@ -156,8 +156,8 @@ cudaError_t cu_qk_norm_rope_store(const void *qkv, int T, int n_heads, int n_kv,
 /* ---- attention.cu: causal attention over the paged cache ---- */
 
 /* Rows per w_large block on this GPU for this cache: 64, or 128 where the
- * kernel gives each warp two query tiles (fp16 pages, enough shared memory
- * for two such blocks per SM). Fixed for the process. */
+ * kernel gives each warp two query tiles (enough shared memory for two
+ * such blocks per SM). Fixed for the process. */
 int cu_attn_prefill_rows(int head_dim, int int8);
 
 /* Blocks of the decode kernel for w_small tiles of up to `rows` rows that
