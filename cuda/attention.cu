@@ -137,7 +137,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 3 : 2)
      * sK/sV[stage]; int8 pages land in sK8/sV8[stage] and become fp16 in a
      * single sK/sV (keeps the int8 kernel within a 3090's 99 KB). With ST =
      * 1, fp16 pages have one stage and the next copy starts after the
-     * multiply (PIPE false). With QT > 1, Q's rows follow the fp16 stages. */
+     * multiply (PIPE false). With QT > 1, Q's rows follow the fp16 stages
+     * (and precede int8 pages' raw stages). */
     constexpr int F16_STAGES = I8 ? 1 : ST;
     constexpr bool PIPE = I8 || ST == 2;
     extern __shared__ __align__(16) unsigned char smem[];
