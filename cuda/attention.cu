@@ -99,7 +99,7 @@ static __device__ void attn_combine_last(__half *__restrict__ out, const cu_attn
  * products: twice the independent work per instruction stream, two blocks
  * per SM.
  * ST: stages of fp16 K/V tiles, 2 (the copy of tile i + 1 overlaps the
- * multiply of tile i) or 1 (half the shared memory: see attn_f16_shape). */
+ * multiply of tile i) or 1 (half the shared memory: see attn_prefill_shape). */
 /* The weights of W warps' partial softmaxes of one row in a block's merge:
  * m (raw scores) and l at xm[v * stride], xl[v * stride]; M = max m, f[v] =
  * 2^((m_v - M) scale_log2) (0 for a warp that saw no key), and the merged
@@ -952,55 +952,39 @@ static constexpr size_t attn_smem_dec_bytes(int D, bool i8, int st)
                : (size_t)4 * 16 * (D + 10) * 4;
 }
 
-/* The fp16 prefill kernel's shape on this GPU: query tiles per warp (qt) and
- * stages of K/V tiles (st). Two query tiles per warp where two such blocks
- * fit per SM (an H100: 2 x 102 KB at D = 128); otherwise one, with the stage
- * count that keeps more blocks resident (at most 3, the launch bounds), two
- * when both keep as many: a 3090 (100 KB per SM) holds one two-stage block
- * but two one-stage blocks. Decode tiles take one query tile and st.
- * QWEN3_BATCH_ATTN_QT=1|2 and QWEN3_BATCH_ATTN_STAGES=1|2 override (tests
- * and measurements). */
+/* The prefill kernel's shape on this GPU: query tiles per warp (qt) and
+ * stages of fp16 K/V tiles (st). Two query tiles per warp where two such
+ * blocks fit per SM (an H100: 2 x 102 KB at D = 128, 2 x 101 KB for int8
+ * pages); otherwise one, with the stage count that keeps more blocks
+ * resident (at most 3, the launch bounds), two when both keep as many: a
+ * 3090 (100 KB per SM) holds one two-stage block but two one-stage blocks,
+ * and no two-tile block. int8 pages keep one fp16 stage (their raw bytes
+ * have two: st is 2). Decode tiles take one query tile and st.
+ * QWEN3_BATCH_ATTN_QT=1|2 and QWEN3_BATCH_ATTN_STAGES=1|2 (fp16) override
+ * (tests and measurements). */
 struct attn_shape {
     int qt, st;
 };
 
-static attn_shape attn_f16_shape(int D)
+static attn_shape attn_prefill_shape(int D, bool i8)
 {
-    static attn_shape memo[2]; /* D = 64, 128 */
-    attn_shape *m = &memo[D == 128];
+    static attn_shape memo[2][2]; /* [i8][D = 64, 128] */
+    attn_shape *m = &memo[i8][D == 128];
     if (m->qt)
         return *m;
     const int per_sm = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
     const int reserved = q3_dev_attr(cudaDevAttrReservedSharedMemoryPerBlock, 0);
     auto blocks = [&](int st, int qt) {
-        const int b = (int)((size_t)per_sm / (attn_smem_bytes(D, false, st, qt) + (size_t)reserved));
+        const int b = (int)((size_t)per_sm / (attn_smem_bytes(D, i8, st, qt) + (size_t)reserved));
         return b < 3 ? b : 3;
     };
     int qt = q3_env_int("QWEN3_BATCH_ATTN_QT", 1, 2, 0);
-    int st = q3_env_int("QWEN3_BATCH_ATTN_STAGES", 1, 2, 0);
+    int st = i8 ? 2 : q3_env_int("QWEN3_BATCH_ATTN_STAGES", 1, 2, 0);
     if (!qt)
         qt = blocks(st ? st : 2, 2) >= 2 ? 2 : 1;
     if (!st)
         st = blocks(2, qt) >= blocks(1, qt) ? 2 : 1;
     *m = attn_shape{qt, st};
-    return *m;
-}
-
-/* The int8 prefill kernel's query tiles per warp: two where two such
- * blocks fit per SM (an H100: 2 x 101 KB at D = 128), as for fp16 pages;
- * one on a 3090, where a two-tile block (101 KB) does not fit at all.
- * QWEN3_BATCH_ATTN_QT=1|2 overrides where it fits. */
-static int attn_i8_qt(int D)
-{
-    static int memo[2]; /* D = 64, 128 */
-    int *m = &memo[D == 128];
-    if (*m)
-        return *m;
-    const int per_sm = q3_dev_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0);
-    const int reserved = q3_dev_attr(cudaDevAttrReservedSharedMemoryPerBlock, 0);
-    const int b2 = (int)((size_t)per_sm / (attn_smem_bytes(D, true, 2, 2) + (size_t)reserved));
-    const int qt = q3_env_int("QWEN3_BATCH_ATTN_QT", 1, 2, 0);
-    *m = b2 >= (qt == 2 ? 1 : 2) && qt != 1 ? 2 : 1;
     return *m;
 }
 
@@ -1089,21 +1073,19 @@ static void launch_attn_st(const attn_args &a)
                     scale_log2, a);
 }
 
-/* Calls f(st, qt), integral constants, with the kernels' shape for this
- * cache on this GPU: int8 pages keep one fp16 stage (their raw bytes have
- * two) and take attn_i8_qt query tiles per warp; fp16 pages take
- * attn_f16_shape. */
+/* Calls f(st, qt), integral constants, with attn_prefill_shape for this
+ * cache on this GPU (int8 pages: st is 2). */
 template <int D, bool I8, typename F>
 static auto attn_with_shape(F &&f)
 {
     using one = std::integral_constant<int, 1>;
     using two = std::integral_constant<int, 2>;
+    const attn_shape sh = attn_prefill_shape(D, I8);
     if constexpr (I8) {
-        if (attn_i8_qt(D) == 2)
+        if (sh.qt == 2)
             return f(two{}, two{});
         return f(two{}, one{});
     } else {
-        const attn_shape sh = attn_f16_shape(D);
         if (sh.qt == 2 && sh.st == 2)
             return f(two{}, two{});
         if (sh.qt == 2)
@@ -1167,7 +1149,7 @@ extern "C" int cu_attn_prefill_rows(int head_dim, int int8)
 {
     if (head_dim != 64 && head_dim != 128)
         return 64;
-    return 64 * (int8 ? attn_i8_qt(head_dim) : attn_f16_shape(head_dim).qt);
+    return 64 * attn_prefill_shape(head_dim, int8).qt;
 }
 
 extern "C" cudaError_t cu_attention(const void *q, void *out, const cu_attn_seg *segs,
